@@ -1,0 +1,48 @@
+"""qkv: the Transformer from its equations up.
+
+    import qkv
+    model, tokenizer = qkv.load("out")
+    ids = torch.tensor([tokenizer.encode("ROMEO:")])
+    print(tokenizer.decode(model.generate(ids, 200)[0].tolist()))
+
+Where each idea of the notes (../shared/seed/self-attention-notes.md) lives:
+`qkv.attention` (scores, scaling, softmax, masks, multi-head attention), `qkv.positional`
+(positional encodings), `qkv.blocks` (feed-forward network, residuals, LayerNorm),
+`qkv.models.gpt` (the decoder-only model).
+"""
+
+from qkv.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    key_padding_mask,
+    scaled_dot_product_attention,
+)
+from qkv.blocks import FeedForward, PostNormBlock, PreNormBlock
+from qkv.checkpoint import load
+from qkv.config import DataConfig, GPTConfig, RunConfig, TrainConfig
+from qkv.errors import QkvError
+from qkv.models.gpt import GPT
+from qkv.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from qkv.tokenizer import CharTokenizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPT",
+    "CharTokenizer",
+    "DataConfig",
+    "FeedForward",
+    "GPTConfig",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "PostNormBlock",
+    "PreNormBlock",
+    "QkvError",
+    "RunConfig",
+    "SinusoidalPositionalEncoding",
+    "TrainConfig",
+    "causal_mask",
+    "key_padding_mask",
+    "load",
+    "scaled_dot_product_attention",
+]

@@ -1,0 +1,114 @@
+"""The feed-forward network and the Transformer blocks built around attention.
+
+Shape legend: B batch, T time, C channels (d_model).
+
+Attention only re-averages value vectors; it has no element-wise non-linearity, so stacking
+attention layers alone stays (almost) linear in the values (the notes, "Adding non-linearity").
+Each block therefore follows attention with a position-wise feed-forward network (paper,
+section 3.3; the notes' m_i = MLP(output_i)):
+
+    FFN(x) = W_2 ReLU(W_1 x + b_1) + b_2,    W_1: C -> 4C, W_2: 4C -> C
+
+Two training tricks from the notes wrap both sub-layers:
+- residual connections, x + sublayer(...): the identity path lets gradients reach early layers
+  unchanged (He et al., 2016; paper, section 3.1);
+- layer normalisation (Ba et al., 2016): each token's vector rescaled to zero mean and unit
+  variance, then a learned gain and bias, which keeps activations in a trainable range.
+
+Where the norm goes is chosen when the block is built, never inside `forward`:
+- post-norm, the paper's layout:  x = LN(x + Sublayer(x))
+- pre-norm, GPT-2's layout and qkv's default: x = x + Sublayer(LN(x)). Departing from the
+  paper here is deliberate: with the norm inside the residual branch the identity path is
+  clean, and deep stacks train without the paper's careful warm-up (Xiong et al., 2020).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from qkv.attention import MultiHeadAttention
+
+ACTIVATIONS = ("relu", "gelu")
+NORM_PLACEMENTS = ("pre", "post")
+
+
+def make_activation(name: str) -> nn.Module:
+    """ReLU as in the paper and the notes; GELU (tanh approximation) as in GPT-2."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "gelu":
+        return nn.GELU(approximate="tanh")
+    raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = W_2 act(W_1 x + b_1) + b_2, applied to each position separately.
+
+    `c_fc` is W_1 and `c_proj` is W_2 (GPT-2's names); the hidden width defaults to 4C.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        hidden: int | None = None,
+        *,
+        activation: str = "relu",
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = 4 * n_embd if hidden is None else hidden
+        self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
+        self.act = make_activation(activation)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, C) -> (B, T, C)."""
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class PreNormBlock(nn.Module):
+    """x = x + SelfAttention(LN(x));  x = x + FFN(LN(x))   (GPT-2)."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        activation: str = "gelu",
+        bias: bool = True,
+        dropout: float = 0.0,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        self.causal = causal
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = MultiHeadAttention(n_embd, n_head, bias=bias, dropout=dropout)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = FeedForward(n_embd, activation=activation, bias=bias, dropout=dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, T, C) -> (B, T, C)."""
+        x = x + self.attn(self.ln_1(x), mask=mask, causal=self.causal)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class PostNormBlock(PreNormBlock):
+    """x = LN(x + SelfAttention(x));  x = LN(x + FFN(x))   (the paper, section 3.1)."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: (B, T, C) -> (B, T, C)."""
+        x = self.ln_1(x + self.attn(x, mask=mask, causal=self.causal))
+        x = self.ln_2(x + self.mlp(x))
+        return x
+
+
+def make_block(norm: str, n_embd: int, n_head: int, **kwargs) -> PreNormBlock:
+    """Build a pre-norm or post-norm block, as the config says."""
+    if norm == "pre":
+        return PreNormBlock(n_embd, n_head, **kwargs)
+    if norm == "post":
+        return PostNormBlock(n_embd, n_head, **kwargs)
+    raise ValueError(f"unknown norm placement {norm!r}; choose one of {NORM_PLACEMENTS}")

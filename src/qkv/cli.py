@@ -1,0 +1,213 @@
+"""`qkv <verb>`: the command line. It parses arguments and calls the library, nothing more.
+
+Errors a user can cause end with one line on stderr and exit status 2; `--debug` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from qkv.checkpoint import CONFIG_FILE, METRICS_FILE, load_checkpoint
+from qkv.config import RunConfig, config_from_json, load_config
+from qkv.errors import QkvError
+
+DESCRIPTION = "qkv: the Transformer from its equations up. Train, sample and evaluate GPTs."
+
+
+def _debug_flag() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qkv", description=DESCRIPTION, parents=[_debug_flag()])
+    verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
+    _add_train(verbs)
+    _add_sample(verbs)
+    _add_eval(verbs)
+    return parser
+
+
+def _add_train(verbs) -> None:
+    p = verbs.add_parser(
+        "train",
+        parents=[_debug_flag()],
+        help="train a GPT on a text",
+        description="Train a GPT. key=value overrides set any config field, "
+        "e.g. model.n_layer=6 train.lr=1e-3 (bare keys such as n_layer=6 work too).",
+    )
+    p.add_argument(
+        "--config", metavar="FILE.toml", help="a TOML file with [model], [data], [train]"
+    )
+    p.add_argument(
+        "--data",
+        metavar="NAME|PATH",
+        help="shakespeare (default), tinyshakespeare, "
+        "a UTF-8 text file or a directory of .txt files",
+    )
+    p.add_argument("--out", metavar="DIR", help="run directory (default: out)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
+    p.add_argument(
+        "--max-time",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this much training time (0: no limit; default 180)",
+    )
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--seed", type=int, metavar="N")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even if --out already holds a run (deletes its metrics)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(run=cmd_train)
+
+
+def _add_sample(verbs) -> None:
+    p = verbs.add_parser(
+        "sample",
+        parents=[_debug_flag()],
+        help="generate text from a checkpoint",
+        description="Generate text from a checkpoint, streamed as it comes.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument(
+        "--prompt", default="", metavar="TEXT", help="text to continue (default: a newline)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=500, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy")
+    p.add_argument("--top-k", type=int, metavar="K")
+    p.add_argument("--top-p", type=float, metavar="P")
+    p.add_argument("--num-samples", type=int, default=1, metavar="M")
+    p.add_argument("--seed", type=int, default=1337, metavar="N")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(run=cmd_sample)
+
+
+def _add_eval(verbs) -> None:
+    p = verbs.add_parser(
+        "eval",
+        parents=[_debug_flag()],
+        help="val loss of a checkpoint",
+        description="Mean loss over every token of the val split (the last 10%).",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--data", metavar="NAME|PATH", help="default: the data the model trained on")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(run=cmd_eval)
+
+
+# -- verbs ----------------------------------------------------------------------------------
+
+
+def train_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults (or the resumed run's saved config), the TOML file, overrides, then flags."""
+    if args.resume:
+        out = Path(args.out or "out")
+        base = config_from_json(out / CONFIG_FILE)
+        config = base.with_overrides(args.overrides)
+        if args.config:
+            raise QkvError("--config cannot be combined with --resume; use key=value overrides")
+    else:
+        config = load_config(args.config, args.overrides)
+    flags = {
+        "data.source": args.data,
+        "train.out_dir": args.out,
+        "train.max_steps": args.max_steps,
+        "train.max_time": args.max_time,
+        "train.device": args.device,
+        "train.seed": args.seed,
+    }
+    return config.with_values({k: v for k, v in flags.items() if v is not None})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from qkv.train import train
+
+    config = train_config(args)
+    out = Path(config.train.out_dir)
+    if not args.resume and (out / CONFIG_FILE).exists():
+        if not args.overwrite:
+            raise QkvError(
+                f"{out} already holds a run: pass --resume to continue it, --overwrite to start "
+                "afresh, or --out DIR for a new run"
+            )
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    print(
+        f"done: step {result.step}, val loss {result.val_loss:.4f} "
+        f"(best {result.best_val_loss:.4f}), {result.tokens_per_s:,.0f} tokens/s, "
+        f"{result.elapsed:.0f}s; checkpoint in {result.out_dir}"
+    )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from qkv.generate import check_sampling_options
+    from qkv.train import resolve_device
+
+    check_sampling_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    if args.num_samples < 1:
+        raise QkvError(f"--num-samples must be >= 1, got {args.num_samples}")
+    device = resolve_device(args.device)
+    model, tokenizer, _ = load_checkpoint(args.checkpoint, device)
+    model.eval()
+    prompt = args.prompt or ("\n" if "\n" in tokenizer.stoi else tokenizer.chars[0])
+    prompt_ids = torch.tensor([tokenizer.encode(prompt)], device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    for i in range(args.num_samples):
+        if i:
+            print("\n" + "-" * 40)
+        sys.stdout.write(prompt)
+        for token in model.stream(
+            prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator
+        ):
+            sys.stdout.write(tokenizer.decode(token[0].tolist()))
+            sys.stdout.flush()
+        print()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qkv.data import prepare_corpus
+    from qkv.evaluate import evaluate
+    from qkv.train import resolve_device
+
+    if args.batch_size < 1:
+        raise QkvError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, tokenizer, config = load_checkpoint(args.checkpoint, resolve_device(args.device))
+    source = args.data or config.data.source
+    corpus = prepare_corpus(source, config.data.val_fraction, tokenizer)
+    print(evaluate(model, corpus.val, tokenizer, args.batch_size).line())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except QkvError as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"qkv: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("qkv: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Sampling the next token from a model's logits: temperature, top-k, top-p (nucleus).
+
+Shape legend: B batch, T time, V vocabulary.
+
+    p(token) = softmax(logits / temperature)
+
+Temperature below 1 sharpens the distribution, above 1 flattens it, and 0 means greedy
+(argmax). Top-k keeps the k most likely tokens (Fan et al., 2018); top-p keeps the smallest set
+of most likely tokens whose probability adds up to at least p (Holtzman et al., 2020). Both
+renormalise what they keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from qkv.errors import QkvError
+
+
+def check_sampling_options(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    """Reject options that have no meaning, with one line each."""
+    if max_new_tokens < 0:
+        raise QkvError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise QkvError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise QkvError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise QkvError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def filter_top_k(logits: Tensor, k: int) -> Tensor:
+    """Set every logit below the k-th largest of its row to -inf. logits: (B, V)."""
+    k = min(k, logits.size(-1))
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def filter_top_p(logits: Tensor, p: float) -> Tensor:
+    """Keep the smallest most-likely set with total probability >= p. logits: (B, V)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the tokens ranked above
+    drop_sorted = mass_before >= p  # the most likely token always stays (mass_before = 0)
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick one token per row of logits (B, V) -> (B, 1)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = filter_top_p(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
+def sample_stream(
+    next_logits: Callable[[Tensor], Tensor],
+    idx: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[Tensor]:
+    """Autoregressive sampling: feed the sequence so far, sample, append, repeat.
+
+    `next_logits` maps the ids so far (B, T) to the next token's logits (B, V); each new token
+    (B, 1) is yielded as soon as it is drawn.
+    """
+    check_sampling_options(max_new_tokens, temperature, top_k, top_p)
+    for _ in range(max_new_tokens):
+        token = sample_next(next_logits(idx), temperature, top_k, top_p, generator)
+        idx = torch.cat([idx, token], dim=1)  # (B, T + 1)
+        yield token

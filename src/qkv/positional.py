@@ -1,0 +1,73 @@
+"""Positional encodings: the order information that self-attention does not have.
+
+Shape legend: T time (positions), C channels (d_model).
+
+Self-attention is permutation-equivariant: out_i = sum_j softmax_j(q_i . k_j) v_j treats the
+keys as a set, so shuffling the input tokens just shuffles the outputs (the notes: "the
+self-attention mechanism is permutation invariant"). To let word order matter, each position
+i gets a vector p_i in R^C that is added to the token embedding x_i before the first layer,
+so that queries, keys and values all carry it (the notes: v_i = v~_i + p_i, and the same for
+k_i and q_i; the paper, section 3.5).
+
+Two ways to choose p_i:
+- `LearnedPositionalEmbedding`: every p_i is a free parameter, the notes' matrix P (stored as
+  (T, C), i.e. P transposed); GPT-2's choice and qkv's GPT default.
+- `SinusoidalPositionalEncoding`: the paper's fixed encoding
+      PE(pos, 2i)   = sin(pos / 10000^(2i / C))
+      PE(pos, 2i+1) = cos(pos / 10000^(2i / C))
+  with no parameters; it extends to any length and lets relative offsets be read off as
+  rotations (paper, section 3.5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class LearnedPositionalEmbedding(nn.Embedding):
+    """p_i = P[i], one learned vector per position up to `block_size`."""
+
+    def __init__(self, block_size: int, n_embd: int) -> None:
+        super().__init__(block_size, n_embd)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """positions: (T,) integer positions -> (T, C)."""
+        return super().forward(positions)
+
+
+def sinusoidal_table(n_positions: int, n_embd: int) -> Tensor:
+    """The paper's PE matrix, (T, C): sines on even channels, cosines on odd ones."""
+    if n_embd % 2 != 0:
+        raise ValueError(f"sinusoidal positions need an even width, got {n_embd}")
+    pos = torch.arange(n_positions, dtype=torch.float64).unsqueeze(1)  # (T, 1)
+    two_i = torch.arange(0, n_embd, 2, dtype=torch.float64)  # (C/2,)
+    angle = pos / (10000.0 ** (two_i / n_embd))  # (T, C/2)
+    table = torch.empty(n_positions, n_embd, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle)
+    table[:, 1::2] = torch.cos(angle)
+    return table.float()
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """p_i = PE(i) from `sinusoidal_table`; fixed, so it is not saved with the weights."""
+
+    def __init__(self, block_size: int, n_embd: int) -> None:
+        super().__init__()
+        self.register_buffer("table", sinusoidal_table(block_size, n_embd), persistent=False)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """positions: (T,) integer positions -> (T, C)."""
+        return self.table[positions]
+
+
+POSITIONAL_KINDS = ("learned", "sinusoidal")
+
+
+def make_positional(kind: str, block_size: int, n_embd: int) -> nn.Module:
+    """Build the positional module named in the config ("learned" or "sinusoidal")."""
+    if kind == "learned":
+        return LearnedPositionalEmbedding(block_size, n_embd)
+    if kind == "sinusoidal":
+        return SinusoidalPositionalEncoding(block_size, n_embd)
+    raise ValueError(f"unknown positional kind {kind!r}; choose one of {POSITIONAL_KINDS}")

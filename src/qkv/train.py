@@ -1,0 +1,302 @@
+"""The trainer: next-token prediction with AdamW, warm-up and cosine decay, and checkpoints.
+
+It knows the model only through `model(x, y) -> (logits, loss)`. One optimizer step:
+
+    for each of grad_accum micro-batches:  loss = CE(model(x), y) / grad_accum; loss.backward()
+    clip the gradient norm to grad_clip;   AdamW step;   zero the gradients
+
+AdamW (Loshchilov & Hutter, 2019) decays only the matrices (embeddings, projections), not
+biases or LayerNorm gains, as GPT-2 and nanoGPT do. The learning rate warms up linearly over
+`warmup_steps`, then follows a cosine from `lr` to `min_lr` (Loshchilov & Hutter, 2017) over
+the run: over `decay_steps`, or over the wall-clock budget `max_time` when that runs out first,
+so a time-limited run still ends at min_lr.
+
+Everything the run needs to go on is in the run directory (see checkpoint.py), and `resume`
+restores model, optimizer, step, clock, RNG and data position, so on CPU a resumed run
+reproduces the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from qkv.checkpoint import (
+    METRICS_FILE,
+    load_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
+from qkv.config import RunConfig, TrainConfig
+from qkv.data import BatchSampler, Corpus, prepare_corpus
+from qkv.errors import QkvError
+from qkv.models.gpt import GPT
+
+BEST_DIR = "best"
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    out_dir: Path
+    step: int
+    val_loss: float
+    best_val_loss: float
+    elapsed: float
+    tokens_per_s: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then MPS, then the CPU; asking for a missing device is an error."""
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    if (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise QkvError(f"device {name!r} is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """Linear warm-up over warmup_steps, times a cosine from lr to min_lr over the run."""
+    progress = step / cfg.schedule_steps
+    if cfg.max_time > 0:
+        progress = max(progress, elapsed / cfg.max_time)
+    progress = min(progress, 1.0)
+    cosine = cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return warmup * cosine
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW with weight decay on the matrices only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on CUDA; full float32 elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def estimate_loss(model: GPT, corpus: Corpus, config: RunConfig, device: torch.device) -> dict:
+    """Mean loss on the same eval_iters random batches of each split at every eval point.
+
+    The batches come from a generator of their own, so evaluating never moves the training
+    data position or the global RNG.
+    """
+    model.eval()
+    losses = {}
+    for split, ids in (("train", corpus.train), ("val", corpus.val)):
+        sampler = BatchSampler(
+            ids, config.model.block_size, config.train.batch_size, config.train.seed + 1, device
+        )
+        total = 0.0
+        for _ in range(config.train.eval_iters):
+            x, y = sampler.next_batch()
+            with autocast(device):
+                _, loss = model(x, y)
+            total += loss.item()
+        losses[split] = total / config.train.eval_iters
+    model.train()
+    return losses
+
+
+class Trainer:
+    """Holds a run's state; `fit` trains until max_steps or max_time."""
+
+    def __init__(self, config: RunConfig, *, resume: bool = False, progress: bool = True):
+        self.out_dir = Path(config.train.out_dir)
+        self.device = resolve_device(config.train.device)
+        self.progress = progress
+        tokenizer = None
+        if resume:
+            _, tokenizer, _ = load_checkpoint(self.out_dir)
+        self.corpus = prepare_corpus(config.data.source, config.data.val_fraction, tokenizer)
+        model_config = dataclasses.replace(
+            config.model, vocab_size=self.corpus.tokenizer.vocab_size
+        )
+        self.config = dataclasses.replace(config, model=model_config)
+        _check_enough_data(self.corpus, model_config.block_size, config.data.source)
+        torch.manual_seed(config.train.seed)
+        self.model = GPT(model_config).to(self.device)
+        self.optimizer = make_optimizer(self.model, config.train, self.device)
+        self.sampler = BatchSampler(
+            self.corpus.train,
+            model_config.block_size,
+            config.train.batch_size,
+            config.train.seed,
+            self.device,
+        )
+        self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
+        if resume:
+            self._restore()
+
+    # -- saving and resuming -------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best_val": self.best_val,
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def _restore(self) -> None:
+        state = load_trainer_state(self.out_dir)
+        model, _, _ = load_checkpoint(self.out_dir, self.device)
+        self.model.load_state_dict(model.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
+
+    def save(self) -> None:
+        """Write the run directory: everything `--resume` needs."""
+        save_checkpoint(self.out_dir, self.model, self.config, self.corpus.tokenizer, self._state())
+
+    def save_best(self) -> None:
+        """Write the best-val model to run_dir/best (weights, config, tokenizer: for sampling)."""
+        save_checkpoint(self.out_dir / BEST_DIR, self.model, self.config, self.corpus.tokenizer)
+
+    def _log_metrics(self, record: dict[str, Any]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    @property
+    def tokens_per_step(self) -> int:
+        cfg = self.config.train
+        return cfg.batch_size * cfg.grad_accum * self.config.model.block_size
+
+    def _time_is_up(self) -> bool:
+        max_time = self.config.train.max_time
+        return max_time > 0 and self.elapsed >= max_time
+
+    def train_step(self) -> torch.Tensor:
+        """One optimizer step; returns the mean micro-batch loss as a tensor (no sync)."""
+        cfg = self.config.train
+        lr = learning_rate(cfg, self.step, self.elapsed)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for _ in range(cfg.grad_accum):
+            x, y = self.sampler.next_batch()
+            with autocast(self.device):
+                _, loss = self.model(x, y)
+            (loss / cfg.grad_accum).backward()
+            total += loss.detach()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total / cfg.grad_accum
+
+    def fit(self) -> TrainResult:
+        cfg = self.config.train
+        self._announce()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, unit="step")
+        start, start_elapsed, start_step = time.perf_counter(), self.elapsed, self.step
+        losses = {"val": math.nan}
+        while self.step < cfg.max_steps and not self._time_is_up():
+            loss = self.train_step()
+            self.elapsed = start_elapsed + time.perf_counter() - start
+            if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
+                self._log_step(loss.item(), bar, start, start_step)
+            if self.step % cfg.eval_interval == 0:
+                losses = self._evaluate_and_save(bar)
+        bar.close()
+        if self.step % cfg.eval_interval != 0 or math.isnan(losses["val"]):
+            losses = self._evaluate_and_save(bar)
+        steps_run = self.step - start_step
+        run_time = self.elapsed - start_elapsed
+        tok_s = steps_run * self.tokens_per_step / run_time if run_time > 0 else 0.0
+        return TrainResult(
+            self.out_dir, self.step, losses["val"], self.best_val, self.elapsed, tok_s
+        )
+
+    def _announce(self) -> None:
+        millions = self.model.num_params() / 1e6
+        tqdm.write(
+            f"qkv: {millions:.2f}M parameters, {len(self.corpus.train):,} train and "
+            f"{len(self.corpus.val):,} val tokens, vocab {self.corpus.tokenizer.vocab_size}, "
+            f"device {self.device.type}, run dir {self.out_dir}"
+        )
+
+    def _log_step(self, loss: float, bar: tqdm, start: float, start_step: int) -> None:
+        if not math.isfinite(loss):
+            raise QkvError(
+                f"the loss became {loss} at step {self.step}; the last good checkpoint is in "
+                f"{self.out_dir} (try a lower train.lr)"
+            )
+        run_time = time.perf_counter() - start
+        tok_s = (self.step - start_step) * self.tokens_per_step / max(run_time, 1e-9)
+        lr = self.optimizer.param_groups[0]["lr"]
+        postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}"}
+        if self.config.train.max_time > 0:
+            postfix["time left"] = f"{max(0.0, self.config.train.max_time - self.elapsed):.0f}s"
+        bar.set_postfix(postfix)
+        bar.update(self.step - bar.n)
+        record = {
+            "step": self.step,
+            "tokens": self.step * self.tokens_per_step,
+            "elapsed": round(self.elapsed, 3),
+            "lr": lr,
+            "train_loss": loss,
+            "tokens_per_s": round(tok_s, 1),
+        }
+        self._log_metrics(record)
+
+    def _evaluate_and_save(self, bar: tqdm) -> dict[str, float]:
+        losses = estimate_loss(self.model, self.corpus, self.config, self.device)
+        improved = losses["val"] < self.best_val
+        self.best_val = min(self.best_val, losses["val"])
+        self._log_metrics(
+            {
+                "step": self.step,
+                "tokens": self.step * self.tokens_per_step,
+                "elapsed": round(self.elapsed, 3),
+                "eval_train_loss": losses["train"],
+                "val_loss": losses["val"],
+            }
+        )
+        bar.write(
+            f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+        )
+        self.save()
+        if improved:
+            self.save_best()
+        return losses
+
+
+def _check_enough_data(corpus: Corpus, block_size: int, source: str) -> None:
+    for split, ids in (("train", corpus.train), ("val", corpus.val)):
+        if len(ids) < block_size + 1:
+            raise QkvError(
+                f"{source}: the {split} split has {len(ids)} tokens, fewer than the context "
+                f"length + 1 = {block_size + 1}; use more text or a smaller model.block_size"
+            )
+
+
+def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume) the run that `config` describes; see `Trainer`."""
+    return Trainer(config, resume=resume, progress=progress).fit()
