@@ -190,6 +190,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, tokenizer, config = load_checkpoint(args.checkpoint, resolve_device(args.device))
     source = args.data or config.data.source
     corpus = prepare_corpus(source, config.data.val_fraction, tokenizer)
+    if len(corpus.val) < 2:
+        raise QkvError(f"{source}: the val split has {len(corpus.val)} token(s), nothing to score")
     print(evaluate(model, corpus.val, tokenizer, args.batch_size).line())
     return 0
 

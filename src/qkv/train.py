@@ -66,14 +66,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
-    """Linear warm-up over warmup_steps, times a cosine from lr to min_lr over the run."""
-    progress = step / cfg.schedule_steps
+    """Linear warm-up to lr over warmup_steps, then a cosine from lr down to min_lr.
+
+    The cosine's progress is the larger of the step fraction and, under a time budget, the
+    time fraction, so a run stopped by max_time still finishes its decay.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.schedule_steps - cfg.warmup_steps)
     if cfg.max_time > 0:
         progress = max(progress, elapsed / cfg.max_time)
     progress = min(progress, 1.0)
-    cosine = cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-    warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return warmup * cosine
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
@@ -122,18 +126,24 @@ class Trainer:
     def __init__(self, config: RunConfig, *, resume: bool = False, progress: bool = True):
         self.out_dir = Path(config.train.out_dir)
         self.device = resolve_device(config.train.device)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QkvError(
+                f"cannot use {self.out_dir} as the run directory: {exc.strerror}"
+            ) from None
         self.progress = progress
-        tokenizer = None
-        if resume:
-            _, tokenizer, _ = load_checkpoint(self.out_dir)
+        saved = load_checkpoint(self.out_dir, self.device) if resume else None
+        tokenizer = saved[1] if saved else None
         self.corpus = prepare_corpus(config.data.source, config.data.val_fraction, tokenizer)
-        model_config = dataclasses.replace(
-            config.model, vocab_size=self.corpus.tokenizer.vocab_size
-        )
+        vocab_size = self.corpus.tokenizer.vocab_size
+        model_config = dataclasses.replace(config.model, vocab_size=vocab_size)
         self.config = dataclasses.replace(config, model=model_config)
         _check_enough_data(self.corpus, model_config.block_size, config.data.source)
         torch.manual_seed(config.train.seed)
-        self.model = GPT(model_config).to(self.device)
+        if saved and saved[2].model != model_config:
+            raise QkvError(f"the model config differs from the run's in {self.out_dir}")
+        self.model = saved[0] if saved else GPT(model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, config.train, self.device)
         self.sampler = BatchSampler(
             self.corpus.train,
@@ -144,7 +154,7 @@ class Trainer:
         )
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         if resume:
-            self._restore()
+            self._restore(load_trainer_state(self.out_dir))
 
     # -- saving and resuming -------------------------------------------------------------
 
@@ -158,10 +168,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
         }
 
-    def _restore(self) -> None:
-        state = load_trainer_state(self.out_dir)
-        model, _, _ = load_checkpoint(self.out_dir, self.device)
-        self.model.load_state_dict(model.state_dict())
+    def _restore(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
@@ -176,7 +183,6 @@ class Trainer:
         save_checkpoint(self.out_dir / BEST_DIR, self.model, self.config, self.corpus.tokenizer)
 
     def _log_metrics(self, record: dict[str, Any]) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 

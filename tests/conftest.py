@@ -1,0 +1,144 @@
+"""Shared fixtures: a private cache, small generated texts, tiny model settings, the CLI.
+
+Everything here is offline, CPU-only and deterministic. Texts are generated from a fixed
+seed; models are tiny (one layer, 32 channels, context 16) so a training run takes a second.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from qkv.cli import main
+
+# Overrides for a model and a run small enough to train in about a second on a laptop CPU.
+TINY = [
+    "model.n_layer=1",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.block_size=16",
+    "train.batch_size=4",
+    "train.eval_iters=2",
+    "train.warmup_steps=2",
+    "train.log_interval=1",
+    "train.device=cpu",
+]
+
+_LINES = [
+    "To be, or not to be: that is the question.",
+    "Whether 'tis nobler in the mind to suffer",
+    "The slings and arrows of outrageous fortune,",
+    "Or to take arms against a sea of troubles,",
+    "And by opposing end them. To die: to sleep;",
+    "ROMEO: But, soft! what light through yonder window breaks?",
+    "JULIET: O Romeo, Romeo! wherefore art thou Romeo?",
+    "HAMLET: Alas, poor Yorick! I knew him, Horatio.",
+    "All the world's a stage, and all the men and women merely players;",
+]
+
+
+def make_text(n_lines: int = 120, seed: int = 0) -> str:
+    """A few KB of Shakespeare-like lines, the same for the same arguments."""
+    rng = random.Random(seed)
+    return "\n".join(rng.choice(_LINES) for _ in range(n_lines)) + "\n"
+
+
+@pytest.fixture(autouse=True)
+def qkv_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own QKV_CACHE_DIR, so no test reads or writes ~/.cache."""
+    cache = tmp_path / "qkv-cache"
+    monkeypatch.setenv("QKV_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture
+def tiny() -> list[str]:
+    """Overrides for a tiny model and run (a fresh list each time)."""
+    return list(TINY)
+
+
+@pytest.fixture
+def text() -> str:
+    return make_text()
+
+
+@pytest.fixture
+def text_file(tmp_path: Path, text: str) -> Path:
+    """A ~5 KB UTF-8 text file of generated Shakespeare-like lines."""
+    path = tmp_path / "play.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run `qkv ARGS...` in-process: -> CliResult(exit code, stdout, stderr)."""
+
+    def run(*argv: object) -> CliResult:
+        capsys.readouterr()  # drop whatever came before
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    text_file: Path
+    text: str
+    steps: int
+
+
+TRAINED_STEPS = 20
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One tiny run, trained once per session. Treat it as read-only: copy it to modify it."""
+    root = tmp_path_factory.mktemp("trained")
+    text = make_text()
+    data = root / "play.txt"
+    data.write_text(text, encoding="utf-8")
+    run_dir = root / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QKV_CACHE_DIR", str(root / "qkv-cache"))
+        code = main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(run_dir),
+                "--max-steps",
+                str(TRAINED_STEPS),
+                "--max-time",
+                "0",
+                "--seed",
+                "1",
+                "--no-progress",
+                *TINY,
+                "train.eval_interval=10",
+                "train.lr=1e-2",
+            ]
+        )
+    assert code == 0
+    return TrainedRun(run_dir, data, text, TRAINED_STEPS)
+
+
+@pytest.fixture
+def run_copy(trained_run: TrainedRun, tmp_path: Path) -> Path:
+    """A private copy of the trained run directory, free to modify."""
+    return Path(shutil.copytree(trained_run.run_dir, tmp_path / "run-copy"))

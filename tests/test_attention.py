@@ -1,0 +1,172 @@
+"""Attention behaves as the notes and the paper say: scores, scaling, softmax, masks, heads."""
+
+import math
+
+import pytest
+import torch
+
+from qkv.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    key_padding_mask,
+    scaled_dot_product_attention,
+)
+
+
+def qkv_tensors(b=2, h=3, t_q=5, t_k=5, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(b, h, t_q, d), (b, h, t_k, d), (b, h, t_k, d)]
+    return [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+
+
+def test_explicit_path_is_the_formula_written_out():
+    q, k, v = qkv_tensors()
+    out, weights = scaled_dot_product_attention(q, k, v, return_weights=True)
+    d_k = q.size(-1)
+    for i in range(q.size(2)):
+        e_i = torch.stack([(q[..., i, :] * k[..., j, :]).sum(-1) for j in range(k.size(2))], -1)
+        a_i = torch.softmax(e_i / math.sqrt(d_k), dim=-1)
+        torch.testing.assert_close(weights[..., i, :], a_i)
+        torch.testing.assert_close(out[..., i, :], (a_i.unsqueeze(-1) * v).sum(-2))
+
+
+def test_weights_rows_sum_to_one_and_are_zero_on_masked_keys():
+    q, k, v = qkv_tensors(t_q=6, t_k=6)
+    pad = key_padding_mask(torch.tensor([[True] * 6, [True] * 4 + [False] * 2]))
+    _, weights = scaled_dot_product_attention(q, k, v, pad, causal=True, return_weights=True)
+    visible = causal_mask(6) & pad  # (B, 1, 6, 6)
+    torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+    assert torch.all(weights.masked_select(~visible.expand_as(weights)) == 0)
+
+
+def test_scaling_keeps_score_variance_near_one():
+    # unscaled dot products of unit-variance vectors have variance d_k; scaled, about 1
+    d = 256
+    q, k, _ = qkv_tensors(b=4, h=4, t_q=64, t_k=64, d=d)
+    scaled = q @ k.transpose(-2, -1) / math.sqrt(d)
+    assert 0.8 < scaled.var().item() < 1.2
+    assert (q @ k.transpose(-2, -1)).var().item() > 0.5 * d
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_fused_path_equals_explicit_path(causal, with_padding):
+    q, k, v = qkv_tensors(t_q=7, t_k=7)
+    mask = None
+    if with_padding:
+        mask = key_padding_mask(torch.tensor([[True] * 7, [True] * 5 + [False] * 2]))
+    fused = scaled_dot_product_attention(q, k, v, mask, causal=causal)
+    explicit, _ = scaled_dot_product_attention(q, k, v, mask, causal=causal, return_weights=True)
+    torch.testing.assert_close(fused, explicit)
+
+
+def test_fused_equals_explicit_with_fewer_queries_than_keys():
+    # decoding with a cache: the 2 queries are the last 2 of 6 positions
+    q, k, v = qkv_tensors(t_q=2, t_k=6)
+    fused = scaled_dot_product_attention(q, k, v, causal=True)
+    explicit, weights = scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
+    torch.testing.assert_close(fused, explicit)
+    assert torch.all(weights[..., 0, 5] == 0) and torch.all(weights[..., 0, :5] > 0)
+
+
+def test_causal_mask_keeps_the_diagonal():
+    # the notes say mask j >= i; the right rule is j <= i visible
+    mask = causal_mask(4)
+    expected = torch.tensor(
+        [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool
+    )
+    assert torch.equal(mask, expected)
+    assert mask.diagonal().all()
+
+
+def test_first_query_attends_only_to_itself():
+    q, k, v = qkv_tensors()
+    out, weights = scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
+    assert torch.all(weights[..., 0, 0] == 1.0)
+    torch.testing.assert_close(out[..., 0, :], v[..., 0, :])
+
+
+def test_the_notes_strict_mask_would_give_nan_for_the_first_query():
+    # e_ij = -inf for j >= i (the notes) leaves query 0 with no key: softmax of all -inf
+    q, k, _ = qkv_tensors()
+    strict = torch.ones(5, 5).tril(-1).bool()  # j < i only
+    scores = (q @ k.transpose(-2, -1)).masked_fill(~strict, float("-inf"))
+    assert torch.isnan(torch.softmax(scores, -1)[..., 0, :]).all()
+
+
+def test_no_nan_under_any_mask_even_a_query_with_no_visible_key():
+    q, k, v = qkv_tensors(t_q=4, t_k=4)
+    left_padded = key_padding_mask(torch.tensor([[False, False, True, True]] * 2))
+    for return_weights in (False, True):
+        result = scaled_dot_product_attention(
+            q, k, v, left_padded, causal=True, return_weights=return_weights
+        )
+        out = result[0] if return_weights else result
+        assert not torch.isnan(out).any()
+        assert torch.all(out[..., :2, :] == 0)  # queries 0, 1 see only padding
+
+
+def test_attention_changes_with_the_input_unlike_a_fixed_layer():
+    # the notes: weights are dynamic, a function of the input (unlike a fully connected layer)
+    q, k, v = qkv_tensors()
+    _, w1 = scaled_dot_product_attention(q, k, v, return_weights=True)
+    _, w2 = scaled_dot_product_attention(q * 2, k, v, return_weights=True)
+    assert not torch.allclose(w1, w2)
+
+
+def test_multi_head_attention_equals_torch_multihead_attention():
+    torch.manual_seed(0)
+    c, h = 16, 4
+    ours = MultiHeadAttention(c, h).double().eval()
+    ref = torch.nn.MultiheadAttention(c, h, batch_first=True).double().eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.c_attn.weight)
+        ref.in_proj_bias.copy_(ours.c_attn.bias)
+        ref.out_proj.weight.copy_(ours.c_proj.weight)
+        ref.out_proj.bias.copy_(ours.c_proj.bias)
+    x = torch.randn(2, 6, c, dtype=torch.float64)
+    allowed = causal_mask(6)
+    ref_out, ref_w = ref(x, x, x, attn_mask=~allowed, average_attn_weights=False)
+    out, weights = ours(x, causal=True, return_weights=True)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(weights, ref_w)
+
+
+def test_cross_attention_equals_torch_with_queries_from_x_and_keys_from_context():
+    torch.manual_seed(0)
+    c, h = 16, 2
+    ours = MultiHeadAttention(c, h).double().eval()
+    ref = torch.nn.MultiheadAttention(c, h, batch_first=True).double().eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(ours.c_attn.weight)
+        ref.in_proj_bias.copy_(ours.c_attn.bias)
+        ref.out_proj.weight.copy_(ours.c_proj.weight)
+        ref.out_proj.bias.copy_(ours.c_proj.bias)
+    x = torch.randn(2, 3, c, dtype=torch.float64)
+    memory = torch.randn(2, 7, c, dtype=torch.float64)
+    is_real = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
+    ref_out, _ = ref(x, memory, memory, key_padding_mask=~is_real)
+    out = ours(x, memory, mask=key_padding_mask(is_real))
+    torch.testing.assert_close(out, ref_out)
+
+
+def test_heads_are_independent_slices_of_the_channels():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(8, 2).double().eval()
+    x = torch.randn(1, 4, 8, dtype=torch.float64)
+    _, weights = mha(x, return_weights=True)
+    q, k, _ = mha.c_attn(x).split(8, dim=-1)
+    for head in range(2):
+        sl = slice(4 * head, 4 * head + 4)
+        expected = torch.softmax(q[0, :, sl] @ k[0, :, sl].T / 2.0, dim=-1)
+        torch.testing.assert_close(weights[0, head], expected)
+
+
+def test_self_attention_without_positions_is_permutation_equivariant():
+    # the notes: "the self-attention mechanism is permutation invariant" (precisely:
+    # permuting the tokens permutes the outputs the same way)
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).double().eval()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    perm = torch.randperm(9)
+    torch.testing.assert_close(mha(x[:, perm]), mha(x)[:, perm])
