@@ -18,7 +18,9 @@ def tiny(**overrides) -> GPT:
     return GPT(GPTConfig(**{**options, **overrides})).eval()
 
 
-@pytest.mark.parametrize("variant", [{}, {"norm": "post"}, {"positional": "sinusoidal"}])
+@pytest.mark.parametrize(
+    "variant", [{}, {"norm": "post"}, {"positional": "sinusoidal"}, {"positional": "learned"}]
+)
 def test_changing_later_tokens_leaves_earlier_logits_unchanged(variant):
     model = tiny(**variant)
     idx = torch.randint(0, V, (2, 16))
@@ -59,7 +61,7 @@ def test_lm_head_is_tied_to_the_token_embedding():
 
 
 def test_parameter_names_follow_gpt2():
-    names = set(tiny().state_dict())
+    names = set(tiny(positional="learned", activation="gelu").state_dict())
     for name in [
         "transformer.wte.weight",
         "transformer.wpe.weight",

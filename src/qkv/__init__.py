@@ -12,17 +12,22 @@ Where each idea of the notes (../shared/seed/self-attention-notes.md) lives:
 """
 
 from qkv.attention import (
+    KVCache,
     MultiHeadAttention,
     causal_mask,
     key_padding_mask,
     scaled_dot_product_attention,
 )
-from qkv.blocks import FeedForward, PostNormBlock, PreNormBlock
+from qkv.blocks import FeedForward, PostNormBlock, PreNormBlock, SwiGLUFeedForward
 from qkv.checkpoint import load
 from qkv.config import DataConfig, GPTConfig, RunConfig, TrainConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
-from qkv.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from qkv.positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+)
 from qkv.tokenizer import CharTokenizer
 
 __version__ = "0.1.0"
@@ -33,13 +38,16 @@ __all__ = [
     "DataConfig",
     "FeedForward",
     "GPTConfig",
+    "KVCache",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
     "PostNormBlock",
     "PreNormBlock",
     "QkvError",
+    "RotaryEmbedding",
     "RunConfig",
     "SinusoidalPositionalEncoding",
+    "SwiGLUFeedForward",
     "TrainConfig",
     "causal_mask",
     "key_padding_mask",

@@ -117,6 +117,36 @@ def _fused_attention(
     return out
 
 
+class KVCache:
+    """The keys and values one attention layer has computed for the tokens so far.
+
+    Autoregressive decoding feeds one new token per step. Its query must see the keys and
+    values of every earlier token, which do not change (the model is causal), so they are
+    kept here and the new token's are appended: each step costs O(T) instead of O(T^2).
+    Storage is allocated once for `capacity` positions, (B, H_kv, capacity, D).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, H_kv, T_new, D); return all keys and values so far (B, H_kv, T, D)."""
+        end = self.length + k.size(2)
+        if end > self.capacity:
+            raise ValueError(f"KV cache holds {self.capacity} positions, asked for {end}")
+        if self.k is None:
+            shape = (k.size(0), k.size(1), self.capacity, k.size(3))
+            self.k = k.new_empty(shape)
+            self.v = v.new_empty((*shape[:3], v.size(3)))
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
 class MultiHeadAttention(nn.Module):
     """H attention heads side by side, each on its own learned projection of the input.
 
@@ -124,21 +154,41 @@ class MultiHeadAttention(nn.Module):
     (paper, section 3.2.2). Z = X for self-attention; for cross-attention Z is the encoder's
     output, so queries come from the decoder and keys and values from the source.
 
-    The notes' key, query and value matrices are the three blocks of one fused (C, 3C) matrix,
+    The notes' key, query and value matrices are the three blocks of one fused matrix,
     `c_attn` = [W_Q | W_K | W_V] (one matmul instead of three), and W_O is `c_proj`; the names
     are GPT-2's so its weights load by key. Each head has size D = C / H, so all heads
     together cost about as much as one full-width head.
+
+    Grouped-query attention (Ainslie et al., 2023): with n_kv_head < n_head, each group of
+    n_head / n_kv_head query heads shares one key/value head, which shrinks W_K, W_V and the
+    KV cache by that factor. n_kv_head = n_head is ordinary multi-head attention.
+
+    With `rotary` (a `RotaryEmbedding`), queries and keys are rotated by their positions
+    before the dot product, so scores depend on relative position (Su et al., 2021).
     """
 
     def __init__(
-        self, n_embd: int, n_head: int, *, bias: bool = True, dropout: float = 0.0
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        n_kv_head: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        rotary: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}")
-        self.n_head = n_head
+        if n_head % n_kv_head != 0:
+            raise ValueError(f"n_head={n_head} is not divisible by n_kv_head={n_kv_head}")
+        self.n_head, self.n_kv_head = n_head, n_kv_head
+        self.head_size = n_embd // n_head
+        self.kv_width = n_kv_head * self.head_size
         self.dropout = dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.rotary = rotary
+        self.c_attn = nn.Linear(n_embd, n_embd + 2 * self.kv_width, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
@@ -150,12 +200,21 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         causal: bool = False,
         return_weights: bool = False,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, T_q, C); context: (B, T_k, C) for cross-attention, None for self-attention.
 
+        `positions` (T_q,) are the absolute positions of x's tokens (needed with rotary
+        embeddings); `cache` holds earlier keys and values and receives the new ones.
         Returns (B, T_q, C), and the weights (B, H, T_q, T_k) when `return_weights`.
         """
-        q, k, v = self._project(x, context)  # each (B, H, T, D)
+        q, k, v = self._project(x, context)  # (B, H, T_q, D), (B, H_kv, T_k, D) twice
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H_kv, T_past + T_q, D)
+        k, v = self._share_kv_heads(k), self._share_kv_heads(v)  # (B, H, T_k, D)
         dropout_p = self.dropout if self.training else 0.0
         result = scaled_dot_product_attention(
             q, k, v, mask, causal=causal, dropout_p=dropout_p, return_weights=return_weights
@@ -165,21 +224,28 @@ class MultiHeadAttention(nn.Module):
         return (out, weights) if return_weights else out
 
     def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        n_embd = x.size(-1)
+        sizes = [n_embd, self.kv_width, self.kv_width]
         if context is None:
-            q, k, v = self.c_attn(x).chunk(3, dim=-1)  # each (B, T, C)
+            q, k, v = self.c_attn(x).split(sizes, dim=-1)  # (B, T, C), (B, T, H_kv D) twice
         else:
-            n_embd = x.size(-1)
-            w_q, w_kv = self.c_attn.weight.split([n_embd, 2 * n_embd])
+            w_q, w_kv = self.c_attn.weight.split([n_embd, 2 * self.kv_width])
             b_q, b_kv = (None, None)
             if self.c_attn.bias is not None:
-                b_q, b_kv = self.c_attn.bias.split([n_embd, 2 * n_embd])
+                b_q, b_kv = self.c_attn.bias.split([n_embd, 2 * self.kv_width])
             q = F.linear(x, w_q, b_q)  # (B, T_q, C)
-            k, v = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)  # each (B, T_k, C)
+            k, v = F.linear(context, w_kv, b_kv).chunk(2, dim=-1)  # (B, T_k, H_kv D) twice
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
     def _split_heads(self, x: Tensor) -> Tensor:
-        b, t, c = x.shape
-        return x.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)  # (B, H, T, D)
+        b, t, width = x.shape
+        heads = width // self.head_size
+        return x.view(b, t, heads, self.head_size).transpose(1, 2)  # (B, heads, T, D)
+
+    def _share_kv_heads(self, x: Tensor) -> Tensor:
+        """(B, H_kv, T, D) -> (B, H, T, D): each key/value head serves its group of queries."""
+        groups = self.n_head // self.n_kv_head
+        return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
     @staticmethod
     def _merge_heads(x: Tensor) -> Tensor:

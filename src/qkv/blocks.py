@@ -13,7 +13,8 @@ Two training tricks from the notes wrap both sub-layers:
 - residual connections, x + sublayer(...): the identity path lets gradients reach early layers
   unchanged (He et al., 2016; paper, section 3.1);
 - layer normalisation (Ba et al., 2016): each token's vector rescaled to zero mean and unit
-  variance, then a learned gain and bias, which keeps activations in a trainable range.
+  variance, then a learned gain and bias, which keeps activations in a trainable range
+  (RMSNorm, which only rescales, is selectable).
 
 Where the norm goes is chosen when the block is built, never inside `forward`:
 - post-norm, the paper's layout:  x = LN(x + Sublayer(x))
@@ -24,12 +25,24 @@ Where the norm goes is chosen when the block is built, never inside `forward`:
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention import MultiHeadAttention
+from qkv.attention import KVCache, MultiHeadAttention
 
-ACTIVATIONS = ("relu", "gelu")
+ACTIVATIONS = ("relu", "gelu", "swiglu")
 NORM_PLACEMENTS = ("pre", "post")
+NORM_TYPES = ("layernorm", "rmsnorm")
+
+
+def make_norm(norm_type: str, n_embd: int, bias: bool = True) -> nn.Module:
+    """LayerNorm (Ba et al., 2016): (x - mean) / std * g + b.  RMSNorm (Zhang & Sennrich,
+    2019): x / rms(x) * g, no centring and no bias, a little cheaper and as good in practice."""
+    if norm_type == "layernorm":
+        return nn.LayerNorm(n_embd, bias=bias)
+    if norm_type == "rmsnorm":
+        return nn.RMSNorm(n_embd, eps=1e-5)
+    raise ValueError(f"unknown norm type {norm_type!r}; choose one of {NORM_TYPES}")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -68,6 +81,35 @@ class FeedForward(nn.Module):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
+class SwiGLUFeedForward(nn.Module):
+    """FFN(x) = W_2 (SiLU(W_1 x) * W_3 x), a gated feed-forward (Shazeer, 2020).
+
+    The gate W_3 x decides, channel by channel, how much of SiLU(W_1 x) passes. W_1 and W_3
+    are fused in `c_fc`. The hidden width defaults to 8C/3 (rounded up to a multiple of 8),
+    so the three matrices hold as many weights as the plain 4C network's two.
+    """
+
+    def __init__(
+        self, n_embd: int, hidden: int | None = None, *, bias: bool = True, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        hidden = -(-8 * n_embd // 3 // 8) * 8 if hidden is None else hidden
+        self.c_fc = nn.Linear(n_embd, 2 * hidden, bias=bias)
+        self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, C) -> (B, T, C)."""
+        value, gate = self.c_fc(x).chunk(2, dim=-1)  # (B, T, hidden) each
+        return self.dropout(self.c_proj(F.silu(value) * gate))
+
+
+def make_feed_forward(activation: str, n_embd: int, *, bias: bool, dropout: float) -> nn.Module:
+    if activation == "swiglu":
+        return SwiGLUFeedForward(n_embd, bias=bias, dropout=dropout)
+    return FeedForward(n_embd, activation=activation, bias=bias, dropout=dropout)
+
+
 class PreNormBlock(nn.Module):
     """x = x + SelfAttention(LN(x));  x = x + FFN(LN(x))   (GPT-2)."""
 
@@ -76,31 +118,51 @@ class PreNormBlock(nn.Module):
         n_embd: int,
         n_head: int,
         *,
-        activation: str = "gelu",
+        n_kv_head: int | None = None,
+        activation: str = "relu",
+        norm_type: str = "layernorm",
         bias: bool = True,
         dropout: float = 0.0,
         causal: bool = True,
+        rotary: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.causal = causal
-        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = MultiHeadAttention(n_embd, n_head, bias=bias, dropout=dropout)
-        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = FeedForward(n_embd, activation=activation, bias=bias, dropout=dropout)
+        self.ln_1 = make_norm(norm_type, n_embd, bias)
+        self.attn = MultiHeadAttention(
+            n_embd, n_head, n_kv_head=n_kv_head, bias=bias, dropout=dropout, rotary=rotary
+        )
+        self.ln_2 = make_norm(norm_type, n_embd, bias)
+        self.mlp = make_feed_forward(activation, n_embd, bias=bias, dropout=dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """x: (B, T, C) -> (B, T, C)."""
-        x = x + self.attn(self.ln_1(x), mask=mask, causal=self.causal)
+        x = x + self._attend(self.ln_1(x), mask, positions, cache)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+    def _attend(self, x: Tensor, mask, positions, cache) -> Tensor:
+        return self.attn(x, mask=mask, causal=self.causal, positions=positions, cache=cache)
 
 
 class PostNormBlock(PreNormBlock):
     """x = LN(x + SelfAttention(x));  x = LN(x + FFN(x))   (the paper, section 3.1)."""
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """x: (B, T, C) -> (B, T, C)."""
-        x = self.ln_1(x + self.attn(x, mask=mask, causal=self.causal))
+        x = self.ln_1(x + self._attend(x, mask, positions, cache))
         x = self.ln_2(x + self.mlp(x))
         return x
 

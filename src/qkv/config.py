@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from qkv.blocks import ACTIVATIONS, NORM_PLACEMENTS
+from qkv.blocks import ACTIVATIONS, NORM_PLACEMENTS, NORM_TYPES
 from qkv.errors import QkvError
 from qkv.positional import POSITIONAL_KINDS
 
@@ -49,18 +49,24 @@ def _check_fraction(owner: object, name: str, low: float = 0.0, high: float = 1.
 
 @dataclass
 class GPTConfig:
-    """The decoder-only model. `vocab_size` comes from the tokenizer when qkv trains."""
+    """The decoder-only model. `vocab_size` comes from the tokenizer when qkv trains.
+
+    The defaults are the small model that learned tinyshakespeare best in 75 s of training on
+    a 2-core CPU in benchmarks/sweep_cpu.py (benchmarks/README.md has the sweep).
+    """
 
     vocab_size: int | None = None
-    block_size: int = 128  # context length T
-    n_layer: int = 4
+    block_size: int = 96  # context length T
+    n_layer: int = 3
     n_head: int = 4
     n_embd: int = 128  # C; each head has D = C / H channels
+    n_kv_head: int | None = None  # key/value heads; fewer than n_head is grouped-query attention
     dropout: float = 0.0
     bias: bool = True
-    positional: str = "learned"
-    norm: str = "pre"
-    activation: str = "gelu"
+    positional: str = "rotary"  # learned | sinusoidal | rotary
+    norm: str = "pre"  # where the norm sits: pre (GPT-2) | post (the paper)
+    norm_type: str = "layernorm"  # layernorm | rmsnorm
+    activation: str = "relu"  # relu | gelu | swiglu
 
     def __post_init__(self) -> None:
         _check_positive(self, "block_size", "n_layer", "n_head", "n_embd")
@@ -73,9 +79,19 @@ class GPTConfig:
         _check_fraction(self, "dropout")
         _check_choice(self, "positional", POSITIONAL_KINDS)
         _check_choice(self, "norm", NORM_PLACEMENTS)
+        _check_choice(self, "norm_type", NORM_TYPES)
         _check_choice(self, "activation", ACTIVATIONS)
+        if self.n_kv_head is not None:
+            _check_positive(self, "n_kv_head")
+            if self.n_head % self.n_kv_head != 0:
+                raise QkvError(
+                    f"model.n_head={self.n_head} must be divisible by "
+                    f"model.n_kv_head={self.n_kv_head}"
+                )
         if self.positional == "sinusoidal" and self.n_embd % 2 != 0:
             raise QkvError(f"sinusoidal positions need an even model.n_embd, got {self.n_embd}")
+        if self.positional == "rotary" and self.head_size % 2 != 0:
+            raise QkvError(f"rotary positions need an even head size, got {self.head_size}")
 
     @property
     def head_size(self) -> int:
@@ -108,7 +124,7 @@ class TrainConfig:
     warmup_steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-3
+    lr: float = 3e-3
     min_lr: float = 2e-4
     weight_decay: float = 0.1
     beta1: float = 0.9

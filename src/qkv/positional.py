@@ -9,7 +9,7 @@ i gets a vector p_i in R^C that is added to the token embedding x_i before the f
 so that queries, keys and values all carry it (the notes: v_i = v~_i + p_i, and the same for
 k_i and q_i; the paper, section 3.5).
 
-Two ways to choose p_i:
+Three ways to give the model positions:
 - `LearnedPositionalEmbedding`: every p_i is a free parameter, the notes' matrix P (stored as
   (T, C), i.e. P transposed); GPT-2's choice and qkv's GPT default.
 - `SinusoidalPositionalEncoding`: the paper's fixed encoding
@@ -17,6 +17,9 @@ Two ways to choose p_i:
       PE(pos, 2i+1) = cos(pos / 10000^(2i / C))
   with no parameters; it extends to any length and lets relative offsets be read off as
   rotations (paper, section 3.5).
+- `RotaryEmbedding` (RoPE, Su et al., 2021): nothing is added to x; instead each query and key
+  is rotated by an angle proportional to its position, pair of channels by pair of channels,
+  so q_m . k_n depends on m and n only through m - n: attention sees relative positions.
 """
 
 from __future__ import annotations
@@ -61,13 +64,43 @@ class SinusoidalPositionalEncoding(nn.Module):
         return self.table[positions]
 
 
-POSITIONAL_KINDS = ("learned", "sinusoidal")
+class RotaryEmbedding(nn.Module):
+    """Rotate the channel pairs (x_i, x_{i + D/2}) of each head by the angle pos * theta_i.
+
+        theta_i = base^(-2i / D),  i = 0 .. D/2 - 1
+        (x_i, x_{i+D/2}) -> (x_i cos - x_{i+D/2} sin,  x_i sin + x_{i+D/2} cos)
+
+    Rotations preserve lengths, and R(m)^T R(n) = R(n - m), so the rotated dot product
+    q_m . k_n depends only on the offset n - m. Fixed: no parameters, nothing saved.
+    """
+
+    def __init__(self, head_size: int, max_positions: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_size % 2 != 0:
+            raise ValueError(f"rotary embeddings need an even head size, got {head_size}")
+        theta = base ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
+        angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * theta  # (T, D/2)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: (B, H, T, D), positions: (T,) -> x rotated, (B, H, T, D)."""
+        cos = self.cos[positions].to(x.dtype)  # (T, D/2)
+        sin = self.sin[positions].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def make_positional(kind: str, block_size: int, n_embd: int) -> nn.Module:
-    """Build the positional module named in the config ("learned" or "sinusoidal")."""
+POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary")
+
+
+def make_positional(kind: str, block_size: int, n_embd: int) -> nn.Module | None:
+    """The module whose output is added to the token embeddings; None for rotary, which acts
+    inside attention instead."""
     if kind == "learned":
         return LearnedPositionalEmbedding(block_size, n_embd)
     if kind == "sinusoidal":
         return SinusoidalPositionalEncoding(block_size, n_embd)
+    if kind == "rotary":
+        return None
     raise ValueError(f"unknown positional kind {kind!r}; choose one of {POSITIONAL_KINDS}")

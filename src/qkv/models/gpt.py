@@ -19,17 +19,18 @@ parameters and works as well or better. Parameter names follow GPT-2's (`transfo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.blocks import make_block
+from qkv.attention import KVCache
+from qkv.blocks import make_block, make_norm
 from qkv.config import GPTConfig
 from qkv.errors import QkvError
 from qkv.generate import sample_stream
-from qkv.positional import make_positional
+from qkv.positional import RotaryEmbedding, make_positional
 
 
 class GPT(nn.Module):
@@ -40,32 +41,38 @@ class GPT(nn.Module):
         if config.vocab_size is None:
             raise QkvError("GPTConfig.vocab_size must be set (the tokenizer's vocabulary size)")
         self.config = config
-        block_options = dict(activation=config.activation, bias=config.bias, causal=True)
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=make_positional(config.positional, config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(
-                    make_block(
-                        config.norm,
-                        config.n_embd,
-                        config.n_head,
-                        dropout=config.dropout,
-                        **block_options,
-                    )
-                    for _ in range(config.n_layer)
-                ),
-                # a post-norm stack already ends in a LayerNorm; pre-norm needs a last one
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias)
-                if config.norm == "pre"
-                else nn.Identity(),
-            )
-        )
+        wpe = make_positional(config.positional, config.block_size, config.n_embd)
+        rotary = None
+        if config.positional == "rotary":  # one table of angles, shared by every layer
+            rotary = RotaryEmbedding(config.head_size, config.block_size)
+        blocks = [self._make_block(config, rotary) for _ in range(config.n_layer)]
+        parts = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if wpe is not None:  # absolute positions are added to the embeddings
+            parts["wpe"] = wpe
+        parts.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList(blocks))
+        # a post-norm stack already ends in a norm; pre-norm needs a last one
+        last_norm = make_norm(config.norm_type, config.n_embd, config.bias)
+        parts["ln_f"] = last_norm if config.norm == "pre" else nn.Identity()
+        self.transformer = nn.ModuleDict(parts)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: logits = x E^T
         self.apply(self._init_weights)
         self._scale_residual_projections()
+
+    @staticmethod
+    def _make_block(config: GPTConfig, rotary: nn.Module | None) -> nn.Module:
+        return make_block(
+            config.norm,
+            config.n_embd,
+            config.n_head,
+            n_kv_head=config.n_kv_head,
+            activation=config.activation,
+            norm_type=config.norm_type,
+            bias=config.bias,
+            dropout=config.dropout,
+            causal=True,
+            rotary=rotary,
+        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -87,21 +94,39 @@ class GPT(nn.Module):
     def num_params(self, exclude_embeddings: bool = True) -> int:
         """Parameter count; by default without the position table (as GPT-2's papers count)."""
         total = sum(p.numel() for p in self.parameters())
-        wpe = self.transformer.wpe
+        wpe = getattr(self.transformer, "wpe", None)
         if exclude_embeddings and isinstance(wpe, nn.Embedding):
             total -= wpe.weight.numel()
         return total
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """idx: (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets."""
-        _, t = idx.shape
-        if t > self.config.block_size:
-            raise QkvError(f"sequence of {t} tokens exceeds block_size {self.config.block_size}")
-        positions = torch.arange(t, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+    def new_kv_caches(self) -> list[KVCache]:
+        """One empty cache per layer, each with room for a full context."""
+        return [KVCache(self.config.block_size) for _ in range(self.config.n_layer)]
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        kv_caches: list[KVCache] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx: (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets.
+
+        With `kv_caches` (from `new_kv_caches`), idx holds only the tokens that follow those
+        already cached; their positions continue from the cache's length.
+        """
+        start = kv_caches[0].length if kv_caches else 0
+        end = start + idx.size(1)
+        if end > self.config.block_size:
+            raise QkvError(f"sequence of {end} tokens exceeds block_size {self.config.block_size}")
+        positions = torch.arange(start, end, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(positions)  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x)  # (B, T, C)
+        caches = kv_caches or [None] * len(self.transformer.h)
+        for block, cache in zip(self.transformer.h, caches, strict=True):
+            x = block(x, positions=positions, cache=cache)  # (B, T, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits, None
@@ -117,16 +142,17 @@ class GPT(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> Tensor:
         """Extend idx (B, T) by max_new_tokens sampled tokens -> (B, T + max_new_tokens).
 
-        Temperature 0 is greedy decoding. A context longer than block_size is cropped to its
-        last block_size tokens before each step.
+        Temperature 0 is greedy decoding. The model always sees the last block_size tokens
+        at most. With `use_cache` (the default) each step feeds only the newest token and
+        reuses the earlier tokens' keys and values; see `stream`.
         """
-        pieces = [idx]
-        for token in self.stream(idx, max_new_tokens, temperature, top_k, top_p, generator):
-            pieces.append(token)
-        return torch.cat(pieces, dim=1)
+        options = (temperature, top_k, top_p, generator, use_cache)
+        new_tokens = list(self.stream(idx, max_new_tokens, *options))
+        return torch.cat([idx, *new_tokens], dim=1)
 
     @torch.no_grad()
     def stream(
@@ -137,13 +163,36 @@ class GPT(nn.Module):
         top_k: int | None = None,
         top_p: float | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> Iterator[Tensor]:
-        """Yield each new (B, 1) token as soon as it is sampled (for streaming output)."""
+        """Yield each new (B, 1) token as soon as it is sampled (for streaming output).
+
+        When the cache is full (the sequence outgrows block_size), the window slides: the
+        context is cropped to the last block_size tokens and the cache is recomputed from it,
+        exactly as the uncached path crops. Absolute positions change with every slide, so
+        old keys cannot be reused; past the context, a step costs what an uncached one does.
+        """
+        next_logits = self._cached_next_logits() if use_cache else self._next_token_logits
         yield from sample_stream(
-            self._next_token_logits, idx, max_new_tokens, temperature, top_k, top_p, generator
+            next_logits, idx, max_new_tokens, temperature, top_k, top_p, generator
         )
 
     def _next_token_logits(self, idx: Tensor) -> Tensor:
         context = idx[:, -self.config.block_size :]  # (B, <=T)
         logits, _ = self(context)
         return logits[:, -1, :]  # (B, V)
+
+    def _cached_next_logits(self) -> Callable[[Tensor], Tensor]:
+        caches: list[KVCache] = []
+
+        def next_logits(idx: Tensor) -> Tensor:
+            nonlocal caches
+            cached = caches[0].length if caches else -1
+            if cached == idx.size(1) - 1 and cached < self.config.block_size:
+                logits, _ = self(idx[:, -1:], kv_caches=caches)  # only the newest token
+            else:  # first step, or the window slid: refill from the last block_size tokens
+                caches = self.new_kv_caches()
+                logits, _ = self(idx[:, -self.config.block_size :], kv_caches=caches)
+            return logits[:, -1, :]  # (B, V)
+
+        return next_logits
