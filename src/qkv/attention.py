@@ -74,6 +74,8 @@ def scaled_dot_product_attention(
     materialising the (T_q, T_k) matrix. When they are, the math is written out below.
     A query that can see no key at all gets zero weights and a zero output (never NaN).
     """
+    if causal and q.size(-2) == 1:
+        causal = False  # one query at the last position (cached decoding) sees every key
     if not return_weights and causal and mask is None and q.size(-2) == k.size(-2):
         # the plain square causal case: the fused kernel skips the masked half by itself
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
