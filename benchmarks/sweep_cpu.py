@@ -26,8 +26,14 @@ from pathlib import Path
 CONFIGS: dict[str, list[str]] = {
     "defaults": [],
     "nanogpt-cpu": [
-        "model.n_layer=4", "model.n_head=4", "model.n_embd=128", "model.block_size=64",
-        "model.activation=gelu", "train.batch_size=12", "train.lr=1e-3", "train.min_lr=1e-4",
+        "model.n_layer=4",
+        "model.n_head=4",
+        "model.n_embd=128",
+        "model.block_size=64",
+        "model.activation=gelu",
+        "train.batch_size=12",
+        "train.lr=1e-3",
+        "train.min_lr=1e-4",
     ],
     "gelu-4L-128": ["model.activation=gelu"],
     "3L-ctx96-lr3e-3": ["model.n_layer=3", "model.block_size=96", "train.lr=3e-3"],
@@ -36,28 +42,71 @@ CONFIGS: dict[str, list[str]] = {
     "4L-ctx96-lr3e-3": ["model.block_size=96", "train.lr=3e-3"],
     "2L-w192-lr3e-3": ["model.n_layer=2", "model.n_embd=192", "model.n_head=6", "train.lr=3e-3"],
     "3L-nobias-lr3e-3": ["model.n_layer=3", "model.bias=false", "train.lr=3e-3"],
-    "3L-b32-lr4e-3": ["model.n_layer=3", "model.block_size=96", "train.batch_size=32",
-                      "train.lr=4e-3"],
-    "3L-b8-lr2e-3": ["model.n_layer=3", "model.block_size=96", "train.batch_size=8",
-                     "train.lr=2e-3"],
-    "3L-ctx96-rope": ["model.n_layer=3", "model.block_size=96", "train.lr=3e-3",
-                      "model.positional=rotary"],
-    "3L-ctx96-rope-rms": ["model.n_layer=3", "model.block_size=96", "train.lr=3e-3",
-                          "model.positional=rotary", "model.norm_type=rmsnorm"],
-    "3L-ctx96-swiglu": ["model.n_layer=3", "model.block_size=96", "train.lr=3e-3",
-                        "model.activation=swiglu"],
+    "3L-b32-lr4e-3": [
+        "model.n_layer=3",
+        "model.block_size=96",
+        "train.batch_size=32",
+        "train.lr=4e-3",
+    ],
+    "3L-b8-lr2e-3": [
+        "model.n_layer=3",
+        "model.block_size=96",
+        "train.batch_size=8",
+        "train.lr=2e-3",
+    ],
+    "3L-ctx96-rope": [
+        "model.n_layer=3",
+        "model.block_size=96",
+        "train.lr=3e-3",
+        "model.positional=rotary",
+    ],
+    "3L-ctx96-rope-rms": [
+        "model.n_layer=3",
+        "model.block_size=96",
+        "train.lr=3e-3",
+        "model.positional=rotary",
+        "model.norm_type=rmsnorm",
+    ],
+    "3L-ctx96-swiglu": [
+        "model.n_layer=3",
+        "model.block_size=96",
+        "train.lr=3e-3",
+        "model.activation=swiglu",
+    ],
     "3L-ctx96-lr5e-3": ["model.n_layer=3", "model.block_size=96", "train.lr=5e-3"],
-    "3L-ctx64-b24-lr3e-3": ["model.n_layer=3", "model.block_size=64", "train.batch_size=24",
-                            "train.lr=3e-3"],
+    "3L-ctx64-b24-lr3e-3": [
+        "model.n_layer=3",
+        "model.block_size=64",
+        "train.batch_size=24",
+        "train.lr=3e-3",
+    ],
     "2L-ctx96-lr3e-3": ["model.n_layer=2", "model.block_size=96", "train.lr=3e-3"],
-    "3L-ctx96-rope-lr5e-3": ["model.n_layer=3", "model.block_size=96", "train.lr=5e-3",
-                             "model.positional=rotary"],
-    "2L-ctx96-rope-lr5e-3": ["model.n_layer=2", "model.block_size=96", "train.lr=5e-3",
-                             "model.positional=rotary"],
-    "2L-ctx64-b24-rope-lr5e-3": ["model.n_layer=2", "model.block_size=64", "train.batch_size=24",
-                                 "train.lr=5e-3", "model.positional=rotary"],
-    "3L-ctx64-b24-rope-lr5e-3": ["model.n_layer=3", "model.block_size=64", "train.batch_size=24",
-                                 "train.lr=5e-3", "model.positional=rotary"],
+    "3L-ctx96-rope-lr5e-3": [
+        "model.n_layer=3",
+        "model.block_size=96",
+        "train.lr=5e-3",
+        "model.positional=rotary",
+    ],
+    "2L-ctx96-rope-lr5e-3": [
+        "model.n_layer=2",
+        "model.block_size=96",
+        "train.lr=5e-3",
+        "model.positional=rotary",
+    ],
+    "2L-ctx64-b24-rope-lr5e-3": [
+        "model.n_layer=2",
+        "model.block_size=64",
+        "train.batch_size=24",
+        "train.lr=5e-3",
+        "model.positional=rotary",
+    ],
+    "3L-ctx64-b24-rope-lr5e-3": [
+        "model.n_layer=3",
+        "model.block_size=64",
+        "train.batch_size=24",
+        "train.lr=5e-3",
+        "model.positional=rotary",
+    ],
 }
 
 
@@ -72,15 +121,32 @@ def measure(name: str, overrides: list[str], data: str, max_time: float, root: P
     out = root / name
     qkv = [sys.executable, "-m", "qkv"]
     train_out = run(
-        [*qkv, "train", "--data", data, "--max-time", str(max_time), "--out", str(out),
-         "--overwrite", "--no-progress", *overrides]
+        [
+            *qkv,
+            "train",
+            "--data",
+            data,
+            "--max-time",
+            str(max_time),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--no-progress",
+            *overrides,
+        ]
     )
     eval_out = run([*qkv, "eval", "--checkpoint", str(out)])
     val_loss = float(re.search(r"val_loss=([0-9.]+)", eval_out).group(1))
     tok_s = float(re.search(r"([0-9,]+) tokens/s", train_out).group(1).replace(",", ""))
     steps = int(re.search(r"done: step (\d+)", train_out).group(1))
-    return {"name": name, "overrides": overrides, "max_time": max_time,
-            "val_loss": val_loss, "tokens_per_s": tok_s, "steps": steps}
+    return {
+        "name": name,
+        "overrides": overrides,
+        "max_time": max_time,
+        "val_loss": val_loss,
+        "tokens_per_s": tok_s,
+        "steps": steps,
+    }
 
 
 def main() -> None:
@@ -95,8 +161,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for name in names:
             row = measure(name, CONFIGS[name], args.data, args.max_time, Path(root))
-            print(f"| {name} | {' '.join(row['overrides']) or '-'} | {row['val_loss']:.4f} "
-                  f"| {row['tokens_per_s']:,.0f} | {row['steps']} |", flush=True)
+            print(
+                f"| {name} | {' '.join(row['overrides']) or '-'} | {row['val_loss']:.4f} "
+                f"| {row['tokens_per_s']:,.0f} | {row['steps']} |",
+                flush=True,
+            )
             with open(args.log, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
 

@@ -28,12 +28,13 @@ from qkv.positional import (
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
 )
-from qkv.tokenizer import CharTokenizer
+from qkv.tokenizer import BPETokenizer, CharTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GPT",
+    "BPETokenizer",
     "CharTokenizer",
     "DataConfig",
     "FeedForward",

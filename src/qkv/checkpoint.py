@@ -2,7 +2,7 @@
 
     model.safetensors   the weights (safetensors: plain tensors, nothing executable)
     config.json         the effective, complete RunConfig
-    tokenizer.json      the vocabulary
+    tokenizer.json      the vocabulary (qkv's character format or a `tokenizers` BPE file)
     trainer.pt          optimizer, schedule position, RNG and data position, for --resume;
                         only tensors and plain values, read back with weights_only=True
     metrics.jsonl       one JSON line per log or eval point (written by the trainer)
@@ -25,7 +25,7 @@ from qkv.atomic import atomic_write
 from qkv.config import RunConfig, config_from_json
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
-from qkv.tokenizer import CharTokenizer, load_tokenizer
+from qkv.tokenizer import Tokenizer, load_tokenizer
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -38,7 +38,7 @@ def save_checkpoint(
     directory: Path,
     model: GPT,
     config: RunConfig,
-    tokenizer: CharTokenizer,
+    tokenizer: Tokenizer,
     trainer_state: dict[str, Any] | None = None,
 ) -> None:
     """Write weights, config and tokenizer (and the trainer's state, for resuming)."""
@@ -52,7 +52,7 @@ def save_checkpoint(
 
 def load_checkpoint(
     directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[GPT, CharTokenizer, RunConfig]:
+) -> tuple[GPT, Tokenizer, RunConfig]:
     """Rebuild the model from config.json and fill it from model.safetensors."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -88,7 +88,7 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
         raise QkvError(f"{path} cannot be loaded safely: {first_line}") from None
 
 
-def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, CharTokenizer]:
+def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
     """Load a checkpoint directory -> (model in eval mode, tokenizer), ready to sample."""
     model, tokenizer, _ = load_checkpoint(directory, device)
     return model.eval(), tokenizer

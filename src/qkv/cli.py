@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(verbs)
     _add_sample(verbs)
     _add_eval(verbs)
+    _add_bench(verbs)
+    _add_import_hf(verbs)
+    _add_export_hf(verbs)
     return parser
 
 
@@ -64,6 +67,21 @@ def _add_train(verbs) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--seed", type=int, metavar="N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--tokenizer",
+        metavar="char|bpe|DIR",
+        help="char (default); bpe: learn a byte-level BPE from the train split; DIR: a "
+        "pretrained tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt)",
+    )
+    p.add_argument(
+        "--vocab-size", type=int, metavar="N", help="tokens in the BPE to learn (default 1024)"
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start from this checkpoint's weights and tokenizer (fine-tuning; e.g. GPT-2 from "
+        "qkv import-hf), with a fresh optimizer",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -109,6 +127,52 @@ def _add_eval(verbs) -> None:
     p.set_defaults(run=cmd_eval)
 
 
+def _add_bench(verbs) -> None:
+    p = verbs.add_parser(
+        "bench",
+        parents=[_debug_flag()],
+        help="speed against Hugging Face GPT-2 (needs transformers)",
+        description="Training, generation and attention speed, side by side with Hugging Face "
+        "GPT-2 on the same weights, in one table (a few minutes on 2 CPU cores). "
+        'Needs transformers: pip install "qkv[bench]".',
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a few seconds")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's)")
+    p.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
+    p.set_defaults(run=cmd_bench)
+
+
+def _add_import_hf(verbs) -> None:
+    p = verbs.add_parser(
+        "import-hf",
+        parents=[_debug_flag()],
+        help="Hugging Face GPT-2 directory -> qkv checkpoint",
+        description="Convert a local Hugging Face GPT-2 directory (config.json, model.safetensors "
+        "or pytorch_model.bin, and tokenizer.json or vocab.json + merges.txt) into a qkv "
+        "checkpoint that qkv sample, eval and train --init-from read. Nothing is downloaded. "
+        'Needs transformers: pip install "qkv[bench]".',
+    )
+    p.add_argument("directory", metavar="DIR", help="the Hugging Face model directory")
+    p.add_argument("out", metavar="OUT", help="the qkv checkpoint directory to write")
+    p.set_defaults(run=cmd_import_hf)
+
+
+def _add_export_hf(verbs) -> None:
+    p = verbs.add_parser(
+        "export-hf",
+        parents=[_debug_flag()],
+        help="qkv checkpoint -> Hugging Face GPT-2 directory",
+        description="Write a qkv checkpoint as config.json + model.safetensors (+ tokenizer "
+        "files for a BPE tokenizer) that transformers.GPT2LMHeadModel.from_pretrained loads. "
+        "The model must be one GPT-2 can express: model.positional=learned, norm=pre, "
+        'layernorm, gelu or relu. Needs transformers: pip install "qkv[bench]".',
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a qkv checkpoint directory")
+    p.add_argument("out", metavar="OUT", help="the Hugging Face directory to write")
+    p.set_defaults(run=cmd_export_hf)
+
+
 # -- verbs ----------------------------------------------------------------------------------
 
 
@@ -129,6 +193,8 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         "train.max_time": args.max_time,
         "train.device": args.device,
         "train.seed": args.seed,
+        "data.tokenizer": args.tokenizer,
+        "data.vocab_size": args.vocab_size,
     }
     return config.with_values({k: v for k, v in flags.items() if v is not None})
 
@@ -145,7 +211,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "afresh, or --out DIR for a new run"
             )
         (out / METRICS_FILE).unlink(missing_ok=True)
-    result = train(config, resume=args.resume, progress=not args.no_progress)
+    result = train(
+        config, resume=args.resume, progress=not args.no_progress, init_from=args.init_from
+    )
     print(
         f"done: step {result.step}, val loss {result.val_loss:.4f} "
         f"(best {result.best_val_loss:.4f}), {result.tokens_per_s:,.0f} tokens/s, "
@@ -156,6 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from qkv.generate import check_sampling_options
+    from qkv.tokenizer import decode_stream
     from qkv.train import resolve_device
 
     check_sampling_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
@@ -164,17 +233,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, tokenizer, _ = load_checkpoint(args.checkpoint, device)
     model.eval()
-    prompt = args.prompt or ("\n" if "\n" in tokenizer.stoi else tokenizer.chars[0])
-    prompt_ids = torch.tensor([tokenizer.encode(prompt)], device=device)
+    if args.prompt:
+        prompt, ids = args.prompt, tokenizer.encode(args.prompt)
+    else:  # a newline, or GPT-2's <|endoftext|> (shown as nothing)
+        prompt, ids = tokenizer.empty_prompt()
+    prompt_ids = torch.tensor([ids], device=device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for i in range(args.num_samples):
         if i:
             print("\n" + "-" * 40)
         sys.stdout.write(prompt)
-        for token in model.stream(
+        tokens = model.stream(
             prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator
-        ):
-            sys.stdout.write(tokenizer.decode(token[0].tolist()))
+        )
+        # a byte-level token may end inside a character: print whole characters only
+        for text in decode_stream(tokenizer, (token[0].item() for token in tokens)):
+            sys.stdout.write(text)
             sys.stdout.flush()
         print()
     return 0
@@ -193,6 +267,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(corpus.val) < 2:
         raise QkvError(f"{source}: the val split has {len(corpus.val)} token(s), nothing to score")
     print(evaluate(model, corpus.val, tokenizer, args.batch_size).line())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from qkv import bench
+    from qkv.train import resolve_device
+
+    plan = bench.quick_plan() if args.quick else bench.full_plan()
+    device = resolve_device(args.device)
+
+    def progress(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    report = bench.run_bench(plan, device, args.threads, progress=progress)
+    print(report.to_markdown(), end="")
+    if args.out:
+        bench.write_markdown(report, args.out)
+    return 0
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from qkv.hf_checkpoint import import_hf
+
+    imported = import_hf(args.directory, args.out)
+    config = imported.model.config
+    print(
+        f"imported GPT-2: {imported.model.num_params() / 1e6:.2f}M parameters, "
+        f"{config.n_layer} layers, context {config.block_size}, vocab {config.vocab_size}; "
+        f"checkpoint in {imported.out_dir}"
+    )
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from qkv.hf_checkpoint import export_hf
+
+    files = export_hf(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} to {args.out}: {', '.join(files)}")
     return 0
 
 

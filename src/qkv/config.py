@@ -100,14 +100,31 @@ class GPTConfig:
 
 @dataclass
 class DataConfig:
-    """Where the text comes from: a named corpus or a path to a file or a directory."""
+    """Where the text comes from (a named corpus or a path) and how it becomes tokens.
+
+    `tokenizer` is "char" (one token per character), "bpe" (a byte-level BPE of `vocab_size`
+    tokens learned from the train split), or a directory holding a pretrained BPE tokenizer
+    (GPT-2's vocab.json + merges.txt, or a tokenizer.json).
+    """
 
     source: str = "shakespeare"
     val_fraction: float = 0.1  # the last 10% is the val split (nanoGPT's convention)
+    tokenizer: str = "char"  # char | bpe | a directory with a pretrained tokenizer
+    vocab_size: int | None = None  # bpe only; None: 1024
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise QkvError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not self.tokenizer:
+            raise QkvError("data.tokenizer must be 'char', 'bpe' or a directory, got ''")
+        if self.vocab_size is not None:
+            if self.tokenizer != "bpe":
+                raise QkvError(
+                    f"data.vocab_size sets the size of a BPE to learn; it needs "
+                    f"data.tokenizer='bpe', not {self.tokenizer!r}"
+                )
+            if self.vocab_size < 256:  # the 256 byte tokens come first
+                raise QkvError(f"data.vocab_size must be at least 256, got {self.vocab_size}")
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")

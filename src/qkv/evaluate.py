@@ -6,6 +6,12 @@ which is why this number reads a little higher than the random-window estimate d
 training). Reported in nats per token, and in bits per character:
 
     val_loss = (1 / N) sum_t -ln p(x_t | x_<t)        bpc = N * val_loss / (ln 2 * n_chars)
+
+n_chars is the number of characters in the scored tokens' text. It is summed from a count per
+token id (`Tokenizer.char_counts`) rather than by decoding each id: a byte-level BPE token can
+hold part of a character, and decoding that part alone gives U+FFFD, which would count a split
+emoji twice. The count credits a character to the token that holds its first byte, so it adds
+up exactly over any run of tokens.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 
 from qkv.data import eval_windows
 from qkv.models.gpt import GPT
-from qkv.tokenizer import CharTokenizer
+from qkv.tokenizer import Tokenizer
 
 
 @dataclass
@@ -33,9 +39,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(
-    model: GPT, ids: np.ndarray, tokenizer: CharTokenizer, batch_size: int = 32
-) -> EvalResult:
+def evaluate(model: GPT, ids: np.ndarray, tokenizer: Tokenizer, batch_size: int = 32) -> EvalResult:
     """Score every target of `ids` once with `model` (in eval mode, on its own device)."""
     model.eval()
     device = next(model.parameters()).device
@@ -47,6 +51,5 @@ def evaluate(
         )
         total_nats += loss.item()
         count += y.numel()
-    chars_per_token = np.array([len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size)])
-    n_chars = int(chars_per_token[np.asarray(ids[1:], dtype=np.int64)].sum())
+    n_chars = int(tokenizer.char_counts()[np.asarray(ids[1:], dtype=np.int64)].sum())
     return EvalResult(total_nats / count, total_nats / (math.log(2) * n_chars), count)

@@ -13,7 +13,8 @@ so a time-limited run still ends at min_lr.
 
 Everything the run needs to go on is in the run directory (see checkpoint.py), and `resume`
 restores model, optimizer, step, clock, RNG and data position, so on CPU a resumed run
-reproduces the uninterrupted run's losses exactly.
+reproduces the uninterrupted run's losses exactly. `init_from` starts a new run from another
+checkpoint's weights and tokenizer instead (fine-tuning, e.g. GPT-2 after `qkv import-hf`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from qkv.checkpoint import (
     load_trainer_state,
     save_checkpoint,
 )
-from qkv.config import RunConfig, TrainConfig
+from qkv.config import GPTConfig, RunConfig, TrainConfig
 from qkv.data import BatchSampler, Corpus, prepare_corpus
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
@@ -123,7 +124,16 @@ def estimate_loss(model: GPT, corpus: Corpus, config: RunConfig, device: torch.d
 class Trainer:
     """Holds a run's state; `fit` trains until max_steps or max_time."""
 
-    def __init__(self, config: RunConfig, *, resume: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        init_from: str | Path | None = None,
+    ):
+        if resume and init_from:
+            raise QkvError("--resume continues a run and --init-from starts one: use one of them")
         self.out_dir = Path(config.train.out_dir)
         self.device = resolve_device(config.train.device)
         try:
@@ -133,9 +143,18 @@ class Trainer:
                 f"cannot use {self.out_dir} as the run directory: {exc.strerror}"
             ) from None
         self.progress = progress
-        saved = load_checkpoint(self.out_dir, self.device) if resume else None
-        tokenizer = saved[1] if saved else None
-        self.corpus = prepare_corpus(config.data.source, config.data.val_fraction, tokenizer)
+        start_dir = self.out_dir if resume else init_from
+        saved = load_checkpoint(start_dir, self.device) if start_dir else None
+        if saved and init_from:
+            config = fine_tuning_config(config, saved[2])
+        data = config.data
+        self.corpus = prepare_corpus(
+            data.source,
+            data.val_fraction,
+            saved[1] if saved else None,
+            kind=data.tokenizer,
+            vocab_size=data.vocab_size,
+        )
         vocab_size = self.corpus.tokenizer.vocab_size
         model_config = dataclasses.replace(config.model, vocab_size=vocab_size)
         self.config = dataclasses.replace(config, model=model_config)
@@ -303,6 +322,44 @@ def _check_enough_data(corpus: Corpus, block_size: int, source: str) -> None:
             )
 
 
-def train(config: RunConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) the run that `config` describes; see `Trainer`."""
-    return Trainer(config, resume=resume, progress=progress).fit()
+def fine_tuning_config(config: RunConfig, start: RunConfig) -> RunConfig:
+    """A run that starts from another checkpoint keeps that model and that tokenizer.
+
+    The architecture must match the weights and the vocabulary the ids, so `start`'s
+    model config and tokenizer settings replace the run's; data and training are the run's.
+    Only model.dropout, which changes no weight, may be set anew; any other model.* setting,
+    or a tokenizer setting, is an error rather than silently ignored.
+    """
+    if config.data.tokenizer != "char" or config.data.vocab_size is not None:
+        raise QkvError("--init-from takes the tokenizer from its checkpoint; drop --tokenizer")
+    defaults = GPTConfig()
+    chosen = {
+        f.name
+        for f in dataclasses.fields(GPTConfig)
+        if getattr(config.model, f.name) != getattr(defaults, f.name)
+    }
+    if chosen - {"dropout"}:
+        name = sorted(chosen - {"dropout"})[0]
+        raise QkvError(f"--init-from takes the model from its checkpoint; drop model.{name}")
+    model = start.model
+    if "dropout" in chosen:
+        model = dataclasses.replace(model, dropout=config.model.dropout)
+    data = dataclasses.replace(
+        config.data, tokenizer=start.data.tokenizer, vocab_size=start.data.vocab_size
+    )
+    return dataclasses.replace(config, model=model, data=data)
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """Train (or resume) the run that `config` describes; see `Trainer`.
+
+    `init_from` names a checkpoint (a qkv run, or GPT-2 from `qkv import-hf`) whose weights
+    and tokenizer the run starts from, with a fresh optimizer and schedule: fine-tuning.
+    """
+    return Trainer(config, resume=resume, progress=progress, init_from=init_from).fit()
