@@ -64,20 +64,20 @@ def test_logits_match_hugging_face(activation, attn_implementation):
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_greedy_generation_matches_hugging_face(use_cache):
-    model = tiny_gpt()
+    model = tiny_gpt(block_size=64)  # room for 5 + 50 tokens: GPT-2 cannot slide its window
     hf = to_hf(model)
     prompt = torch.randint(0, V, (1, 5), generator=torch.Generator().manual_seed(2))
-    ours = model.generate(prompt, 20, temperature=0, use_cache=use_cache)
+    ours = model.generate(prompt, 50, temperature=0, use_cache=use_cache)
     theirs = hf.generate(
         prompt,
         attention_mask=torch.ones_like(prompt),
         do_sample=False,
-        max_new_tokens=20,
-        min_new_tokens=20,
+        max_new_tokens=50,
+        min_new_tokens=50,
         use_cache=use_cache,
         pad_token_id=0,
     )
-    assert ours.shape == (1, 25)
+    assert ours.shape == (1, 55)
     assert torch.equal(ours, theirs)
 
 
