@@ -133,7 +133,7 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    @torch.no_grad()
+    @torch.inference_mode()  # like no_grad, and also skips autograd's version counting
     def generate(
         self,
         idx: Tensor,
@@ -154,7 +154,7 @@ class GPT(nn.Module):
         new_tokens = list(self.stream(idx, max_new_tokens, *options))
         return torch.cat([idx, *new_tokens], dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def stream(
         self,
         idx: Tensor,
