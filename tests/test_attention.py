@@ -114,16 +114,22 @@ def test_attention_changes_with_the_input_unlike_a_fixed_layer():
     assert not torch.allclose(w1, w2)
 
 
-def test_multi_head_attention_equals_torch_multihead_attention():
+def ours_and_torchs(c: int, h: int):
+    """Our MultiHeadAttention and torch's, holding the same weights (float64, eval mode)."""
     torch.manual_seed(0)
-    c, h = 16, 4
     ours = MultiHeadAttention(c, h).double().eval()
     ref = torch.nn.MultiheadAttention(c, h, batch_first=True).double().eval()
     with torch.no_grad():
-        ref.in_proj_weight.copy_(ours.c_attn.weight)
+        ref.in_proj_weight.copy_(ours.c_attn.weight)  # [W_Q; W_K; W_V] in both
         ref.in_proj_bias.copy_(ours.c_attn.bias)
         ref.out_proj.weight.copy_(ours.c_proj.weight)
         ref.out_proj.bias.copy_(ours.c_proj.bias)
+    return ours, ref
+
+
+def test_multi_head_attention_equals_torch_multihead_attention():
+    c = 16
+    ours, ref = ours_and_torchs(c, 4)
     x = torch.randn(2, 6, c, dtype=torch.float64)
     allowed = causal_mask(6)
     ref_out, ref_w = ref(x, x, x, attn_mask=~allowed, average_attn_weights=False)
@@ -133,15 +139,8 @@ def test_multi_head_attention_equals_torch_multihead_attention():
 
 
 def test_cross_attention_equals_torch_with_queries_from_x_and_keys_from_context():
-    torch.manual_seed(0)
-    c, h = 16, 2
-    ours = MultiHeadAttention(c, h).double().eval()
-    ref = torch.nn.MultiheadAttention(c, h, batch_first=True).double().eval()
-    with torch.no_grad():
-        ref.in_proj_weight.copy_(ours.c_attn.weight)
-        ref.in_proj_bias.copy_(ours.c_attn.bias)
-        ref.out_proj.weight.copy_(ours.c_proj.weight)
-        ref.out_proj.bias.copy_(ours.c_proj.bias)
+    c = 16
+    ours, ref = ours_and_torchs(c, 2)
     x = torch.randn(2, 3, c, dtype=torch.float64)
     memory = torch.randn(2, 7, c, dtype=torch.float64)
     is_real = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
