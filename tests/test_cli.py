@@ -79,6 +79,23 @@ def test_num_samples_prints_each_sample(cli, trained_run):
     assert len(set(samples)) == 3  # each sample draws afresh
 
 
+def test_max_new_tokens_zero_prints_just_the_prompt(cli, trained_run):
+    result = sample(cli, trained_run.run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 0)
+    assert result.code == 0, result.err
+    assert result.out == "ROMEO:\n"
+
+
+def test_an_empty_prompt_starts_from_a_newline(cli, trained_run):
+    run = trained_run.run_dir
+    free = sample(cli, run, "--temperature", 0)
+    empty = sample(cli, run, "--prompt", "", "--temperature", 0)
+    assert free.code == empty.code == 0, free.err + empty.err
+    assert free.out == empty.out
+    model, tokenizer = qkv.load(run)
+    ids = torch.tensor([tokenizer.encode("\n")])
+    assert free.out == tokenizer.decode(model.generate(ids, 60, temperature=0)[0].tolist()) + "\n"
+
+
 def test_eval_prints_one_line_that_matches_an_independent_computation(cli, trained_run):
     result = cli("eval", "--checkpoint", trained_run.run_dir, "--device", "cpu")
     assert result.code == 0, result.err

@@ -153,6 +153,12 @@ def test_int_stands_for_float_but_bool_not_for_int():
         RunConfig().with_overrides(["train.device=3"])
 
 
+@pytest.mark.parametrize("item", ["train.lr=nan", "train.max_time=inf", "train.min_lr=-inf"])
+def test_non_finite_numbers_are_refused(item):
+    with pytest.raises(QkvError, match="finite"):
+        RunConfig().with_overrides([item])
+
+
 def test_with_values_checks_like_everything_else():
     config = RunConfig().with_values({"train.max_steps": 7})
     assert config.train.max_steps == 7

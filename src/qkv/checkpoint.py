@@ -9,6 +9,28 @@
 
 Each file is written to a temporary name in the same directory, flushed to disk and renamed
 over the old one, so a crash mid-save leaves the previous file whole.
+
+What a kill at any moment of a save (SIGKILL, a power cut) guarantees, and why it is enough:
+
+- every file in the directory is whole and loads: the old version or the new one;
+- the weights always match config.json and tokenizer.json. A run never changes its
+  architecture or its vocabulary (`--resume` refuses another model config; only [train]
+  settings may change), so old or new weights fit either version of those two files;
+- the files are written in the order config, tokenizer, weights, trainer state, and the
+  weights record the step they belong to (the safetensors metadata "step", read by
+  `checkpoint_step`), so after a kill between the last two the weights may be one save
+  newer than trainer.pt, never older. `--resume` then goes on from trainer.pt's step with
+  the newer weights and says so on stderr: a few steps are seen twice, nothing is lost.
+
+Writing the whole set to a sibling directory and swapping it in would make a save one
+unit, but the run directory also holds metrics.jsonl and best/, which a swap would have to
+carry along; the small window above costs at most one save interval of exactness, so qkv
+keeps the simple file-by-file layout. A kill mid-file leaves a hidden temporary file
+(.model.safetensors.*.tmp); the next save into the directory deletes it.
+
+A save that fails (a full disk: OSError) ends like a kill: the file being written and those
+after it keep their old versions, its temporary file is removed, and `QkvError` names the
+directory.
 """
 
 from __future__ import annotations
@@ -18,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from qkv.atomic import atomic_write
@@ -32,6 +54,7 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TRAINER_FILE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
+STEP_KEY = "step"  # safetensors metadata: the training step the weights belong to
 
 
 def save_checkpoint(
@@ -41,13 +64,51 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     trainer_state: dict[str, Any] | None = None,
 ) -> None:
-    """Write weights, config and tokenizer (and the trainer's state, for resuming)."""
+    """Write config, tokenizer and weights (and the trainer's state, for resuming), in order.
+
+    An OSError (a full disk, a read-only directory) becomes a `QkvError` naming the
+    directory; the file being written keeps its previous version.
+    """
     directory = Path(directory)
-    atomic_write(directory / CONFIG_FILE, config.save_json)
-    atomic_write(directory / TOKENIZER_FILE, tokenizer.save)
-    atomic_write(directory / MODEL_FILE, lambda tmp: save_model(model, str(tmp)))
+    metadata = None
     if trainer_state is not None:
-        atomic_write(directory / TRAINER_FILE, lambda tmp: torch.save(trainer_state, tmp))
+        metadata = {STEP_KEY: str(trainer_state["step"])}
+    try:
+        _remove_stale_temporaries(directory)
+        atomic_write(directory / CONFIG_FILE, config.save_json)
+        atomic_write(directory / TOKENIZER_FILE, tokenizer.save)
+        atomic_write(
+            directory / MODEL_FILE, lambda tmp: save_model(model, str(tmp), metadata=metadata)
+        )
+        if trainer_state is not None:
+            atomic_write(directory / TRAINER_FILE, lambda tmp: torch.save(trainer_state, tmp))
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise QkvError(
+            f"cannot save the checkpoint in {directory}: {reason}; the files already there "
+            "are whole (free some space and resume with --resume)"
+        ) from None
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Delete the half-written files a killed save left behind (see atomic.atomic_write)."""
+    if not directory.is_dir():
+        return
+    for name in (CONFIG_FILE, TOKENIZER_FILE, MODEL_FILE, TRAINER_FILE):
+        for stale in directory.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def checkpoint_step(directory: str | Path) -> int | None:
+    """The step the weights in `directory` were saved at (None if they do not say)."""
+    path = Path(directory) / MODEL_FILE
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError):
+        return None
+    step = metadata.get(STEP_KEY)
+    return int(step) if step is not None and step.isdigit() else None
 
 
 def load_checkpoint(

@@ -14,7 +14,7 @@ import torch
 
 from qkv.checkpoint import CONFIG_FILE, METRICS_FILE, load_checkpoint
 from qkv.config import RunConfig, config_from_json, load_config
-from qkv.errors import QkvError
+from qkv.errors import QkvError, TrainingInterrupted
 
 DESCRIPTION = "qkv: the Transformer from its equations up. Train, sample and evaluate GPTs."
 
@@ -86,6 +86,12 @@ def _add_train(verbs) -> None:
         "--overwrite",
         action="store_true",
         help="start afresh even if --out already holds a run (deletes its metrics)",
+    )
+    p.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="skip a batch whose loss or gradient is NaN or inf instead of stopping the run "
+        "(train.skip_nonfinite=true)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -195,6 +201,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         "train.seed": args.seed,
         "data.tokenizer": args.tokenizer,
         "data.vocab_size": args.vocab_size,
+        "train.skip_nonfinite": True if args.skip_nonfinite else None,
     }
     return config.with_values({k: v for k, v in flags.items() if v is not None})
 
@@ -317,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         print(f"qkv: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingInterrupted as exc:
+        print(f"qkv: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("qkv: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -152,6 +153,7 @@ class TrainConfig:
     log_interval: int = 10
     device: str = "auto"
     seed: int = 1337
+    skip_nonfinite: bool = False  # skip a NaN/inf batch instead of stopping (a sync per step)
 
     def __post_init__(self) -> None:
         _check_positive(self, "max_steps", "batch_size", "grad_accum", "lr")
@@ -241,13 +243,18 @@ def _build_section(section: str, section_cls: type, values: dict, origin: str) -
 
 
 def _coerce(name: str, value: Any, expected: type, origin: str) -> Any:
-    """Accept a value of the field's own type; ints stand for floats; None only if unset."""
+    """Accept a value of the field's own type; ints stand for floats; None only if unset.
+
+    NaN and infinity are refused: no setting means anything with them.
+    """
     if value is None and expected is type(None):
         return None
     if expected is type(None):  # a field whose default is None (model.vocab_size)
         expected = int
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, float) and not math.isfinite(value):
+        raise QkvError(f"{origin}: {name} must be a finite number, got {value}")
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     raise QkvError(

@@ -12,3 +12,20 @@ class QkvError(ValueError):
     """A problem caused by the user's input, explained in one line."""
 
     exit_code = 2
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after saving a resumable checkpoint.
+
+    Not a mistake and not a bug: the command line prints the message (where the checkpoint
+    is and how to resume) and exits with 128 + the signal's number, as a shell would report
+    the signal: 130 for SIGINT (Ctrl-C), 143 for SIGTERM.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -15,6 +15,17 @@ Everything the run needs to go on is in the run directory (see checkpoint.py), a
 restores model, optimizer, step, clock, RNG and data position, so on CPU a resumed run
 reproduces the uninterrupted run's losses exactly. `init_from` starts a new run from another
 checkpoint's weights and tokenizer instead (fine-tuning, e.g. GPT-2 after `qkv import-hf`).
+
+A run is never lost and never saves garbage:
+
+- SIGINT (Ctrl-C) or SIGTERM only sets a flag; the loop looks at it after each optimizer
+  step, so the run stops between steps, saves a resumable checkpoint, and raises
+  `TrainingInterrupted` (the command line exits 130 or 143). The previous handlers come back
+  when `fit` returns.
+- A NaN or inf loss stops the run with a `QkvError` naming the step (checked at every log
+  point), and the weights are checked before every save, so the last checkpoint on disk is
+  always a finite one. With `train.skip_nonfinite` such a batch is skipped instead: its
+  gradients are dropped, no update is made, and the step still counts (the batch is used up).
 """
 
 from __future__ import annotations
@@ -22,7 +33,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +48,19 @@ from tqdm.auto import tqdm
 
 from qkv.checkpoint import (
     METRICS_FILE,
+    TRAINER_FILE,
+    checkpoint_step,
     load_checkpoint,
     load_trainer_state,
     save_checkpoint,
 )
 from qkv.config import GPTConfig, RunConfig, TrainConfig
 from qkv.data import BatchSampler, Corpus, prepare_corpus
-from qkv.errors import QkvError
+from qkv.errors import QkvError, TrainingInterrupted
 from qkv.models.gpt import GPT
 
 BEST_DIR = "best"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -172,6 +191,8 @@ class Trainer:
             self.device,
         )
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
+        self.skipped = 0  # batches skipped for a non-finite loss (train.skip_nonfinite)
+        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit
         if resume:
             self._restore(load_trainer_state(self.out_dir))
 
@@ -188,13 +209,22 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
+        weights_step = checkpoint_step(self.out_dir)
+        if weights_step is not None and weights_step != state["step"]:
+            print(
+                f"qkv: the weights in {self.out_dir} are from step {weights_step} and "
+                f"{TRAINER_FILE} from step {state['step']} (a save was cut short); going on "
+                f"from step {state['step']} with the newer weights",
+                file=sys.stderr,
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
 
     def save(self) -> None:
-        """Write the run directory: everything `--resume` needs."""
+        """Write the run directory: everything `--resume` needs (never non-finite weights)."""
+        self._check_finite_weights()
         save_checkpoint(self.out_dir, self.model, self.config, self.corpus.tokenizer, self._state())
 
     def save_best(self) -> None:
@@ -202,8 +232,54 @@ class Trainer:
         save_checkpoint(self.out_dir / BEST_DIR, self.model, self.config, self.corpus.tokenizer)
 
     def _log_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.out_dir / METRICS_FILE
+        try:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise QkvError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    # -- stopping cleanly -------------------------------------------------------------------
+
+    def _nonfinite_error(self, what: str) -> QkvError:
+        return QkvError(
+            f"{what} at step {self.step}; the last good checkpoint is in {self.out_dir} "
+            "(try a lower train.lr, or --skip-nonfinite to skip such batches)"
+        )
+
+    def _check_finite_weights(self) -> None:
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
+        if not bool(finite.all()):
+            raise self._nonfinite_error("the weights became NaN or inf")
+
+    def _on_stop_signal(self, signum: int, frame: object) -> None:
+        self.stop_signal = signum
+
+    @contextmanager
+    def _stop_signals_deferred(self) -> Iterator[None]:
+        """Within: SIGINT/SIGTERM set `stop_signal` instead of stopping the process."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread may set handlers; there signals act as before
+            return
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._on_stop_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _stop(self, signum: int) -> TrainingInterrupted:
+        """Save where the run is and return the exception that ends it."""
+        name = signal.Signals(signum).name
+        self._log_metrics({"step": self.step, "elapsed": round(self.elapsed, 3), "stop": name})
+        self.save()
+        return TrainingInterrupted(
+            f"{name} at step {self.step}: checkpoint saved in {self.out_dir}; resume with "
+            f"`qkv train --out {self.out_dir} --resume`",
+            signum,
+        )
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -229,14 +305,34 @@ class Trainer:
                 _, loss = self.model(x, y)
             (loss / cfg.grad_accum).backward()
             total += loss.detach()
+        norm = None
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if cfg.skip_nonfinite and not _all_finite(total, norm):
+            self._skip_batch(total.item() / cfg.grad_accum)
+            return total / cfg.grad_accum
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total / cfg.grad_accum
 
+    def _skip_batch(self, loss: float) -> None:
+        """Drop this batch's gradients without an update; the step still counts."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self.step += 1
+        tqdm.write(f"qkv: step {self.step}: the loss is {loss}; skipped the batch")
+
     def fit(self) -> TrainResult:
+        """Train until max_steps or max_time; SIGINT/SIGTERM save and stop between steps."""
+        self.stop_signal = None
+        with self._stop_signals_deferred():
+            result = self._fit()
+            if self.stop_signal is not None:  # it came during the final evaluation and save
+                raise self._stop(self.stop_signal)
+        return result
+
+    def _fit(self) -> TrainResult:
         cfg = self.config.train
         self._announce()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not self.progress, unit="step")
@@ -249,6 +345,9 @@ class Trainer:
                 self._log_step(loss.item(), bar, start, start_step)
             if self.step % cfg.eval_interval == 0:
                 losses = self._evaluate_and_save(bar)
+            if self.stop_signal is not None:
+                bar.close()
+                raise self._stop(self.stop_signal)
         bar.close()
         if self.step % cfg.eval_interval != 0 or math.isnan(losses["val"]):
             losses = self._evaluate_and_save(bar)
@@ -269,10 +368,10 @@ class Trainer:
 
     def _log_step(self, loss: float, bar: tqdm, start: float, start_step: int) -> None:
         if not math.isfinite(loss):
-            raise QkvError(
-                f"the loss became {loss} at step {self.step}; the last good checkpoint is in "
-                f"{self.out_dir} (try a lower train.lr)"
-            )
+            if self.config.train.skip_nonfinite:
+                self._log_metrics({"step": self.step, "skipped_batches": self.skipped})
+                return
+            raise self._nonfinite_error(f"the loss became {loss}")
         run_time = time.perf_counter() - start
         tok_s = (self.step - start_step) * self.tokens_per_step / max(run_time, 1e-9)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -293,6 +392,8 @@ class Trainer:
 
     def _evaluate_and_save(self, bar: tqdm) -> dict[str, float]:
         losses = estimate_loss(self.model, self.corpus, self.config, self.device)
+        if not (math.isfinite(losses["val"]) and math.isfinite(losses["train"])):
+            raise self._nonfinite_error(f"the val loss became {losses['val']}")
         improved = losses["val"] < self.best_val
         self.best_val = min(self.best_val, losses["val"])
         self._log_metrics(
@@ -311,6 +412,12 @@ class Trainer:
         if improved:
             self.save_best()
         return losses
+
+
+def _all_finite(*values: torch.Tensor | None) -> bool:
+    """True if every given tensor (the loss, the gradient norm) is finite: one sync."""
+    present = [v.reshape(-1) for v in values if v is not None]
+    return bool(torch.isfinite(torch.cat(present)).all())
 
 
 def _check_enough_data(corpus: Corpus, block_size: int, source: str) -> None:

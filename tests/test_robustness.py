@@ -1,0 +1,283 @@
+"""Never lose a run, never save garbage: signals, kills mid-save, a full disk, NaN losses."""
+
+from __future__ import annotations
+
+import errno
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkv.checkpoint import (
+    MODEL_FILE,
+    TRAINER_FILE,
+    checkpoint_step,
+    load_checkpoint,
+    load_trainer_state,
+)
+from qkv.config import load_config
+from qkv.errors import QkvError, TrainingInterrupted
+from qkv.train import STOP_SIGNALS, Trainer
+from test_cli import assert_one_line_error
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def tiny_trainer(text_file: Path, out: Path, tiny: list[str], *extra: str) -> Trainer:
+    """An in-process Trainer for a tiny model on the generated text."""
+    config = load_config(None, [*tiny, "train.max_time=0", *extra])
+    config = config.with_values({"data.source": str(text_file), "train.out_dir": str(out)})
+    return Trainer(config, progress=False)
+
+
+def weights_are_finite(run_dir: Path) -> bool:
+    model, _, _ = load_checkpoint(run_dir)
+    return all(bool(p.isfinite().all()) for p in model.parameters())
+
+
+# -- SIGINT / SIGTERM -----------------------------------------------------------------------
+
+
+def _train_until_signalled(text_file: Path, run_dir: Path, tiny: list[str], signum: int):
+    """Start `python -m qkv train`, wait for a few logged steps, send `signum`; -> result."""
+    command = [sys.executable, "-m", "qkv", "train", "--data", str(text_file)]
+    command += ["--out", str(run_dir), "--max-steps", "100000", "--max-time", "0"]
+    command += ["--no-progress", *tiny]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 60
+    while not any(r.get("step", 0) >= 5 for r in metrics(run_dir)):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+@posix_only
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_a_resumable_checkpoint_and_exits(
+    cli, text_file, tmp_path, tiny, signum, code
+):
+    run_dir = tmp_path / "run"
+    returncode, _, err = _train_until_signalled(text_file, run_dir, tiny, signum)
+    assert returncode == code, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert signal.Signals(signum).name in lines[-1]
+    assert str(run_dir) in lines[-1] and f"qkv train --out {run_dir} --resume" in lines[-1]
+
+    stopped = load_trainer_state(run_dir)["step"]
+    assert stopped >= 5
+    assert checkpoint_step(run_dir) == stopped
+    last = metrics(run_dir)[-1]
+    assert (last["step"], last["stop"]) == (stopped, signal.Signals(signum).name)
+    load_checkpoint(run_dir)
+
+    resumed = cli(
+        "train", "--out", run_dir, "--resume", "--max-steps", stopped + 3, "--no-progress"
+    )
+    assert resumed.code == 0, resumed.err
+    assert f"done: step {stopped + 3}" in resumed.out
+    new_steps = [r["step"] for r in metrics(run_dir) if "train_loss" in r and r["step"] > stopped]
+    assert new_steps == [stopped + 1, stopped + 2, stopped + 3]
+
+
+def test_fit_restores_the_previous_signal_handlers(text_file, tmp_path, tiny):
+    before = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    tiny_trainer(text_file, tmp_path / "run", tiny, "train.max_steps=2").fit()
+    assert {signum: signal.getsignal(signum) for signum in STOP_SIGNALS} == before
+
+
+@posix_only
+def test_a_signal_during_fit_stops_between_steps(text_file, tmp_path, tiny):
+    trainer = tiny_trainer(text_file, tmp_path / "run", tiny, "train.max_steps=50")
+    real_step = trainer.train_step
+
+    def step_then_signal() -> torch.Tensor:
+        loss = real_step()
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: sets the flag, nothing more
+        return loss
+
+    trainer.train_step = step_then_signal
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 3") as info:
+        trainer.fit()
+    assert info.value.exit_code == 143
+    assert load_trainer_state(tmp_path / "run")["step"] == 3
+
+
+# -- SIGKILL mid-save -----------------------------------------------------------------------
+
+
+def _save_forever(trainer: Trainer, first_step: int, ready) -> None:
+    """The child: train and save, over and over, until killed."""
+    # a forked child must not enter the OpenMP pool the parent started: it would hang
+    torch.set_num_threads(1)
+    trainer.step = first_step
+    while True:
+        trainer.train_step()
+        trainer.save()
+        ready.set()
+
+
+@posix_only
+def test_sigkill_at_random_moments_of_a_save_never_breaks_the_checkpoint(text_file, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    trainer = tiny_trainer(text_file, run_dir, tiny, "train.max_steps=1000000")
+    fork = multiprocessing.get_context("fork")
+    rng = random.Random(0)
+    trials, between_files, mid_file = 0, 0, 0
+    started = time.monotonic()
+    while trials < 30 and time.monotonic() - started < 20:
+        ready = fork.Event()
+        child = fork.Process(target=_save_forever, args=(trainer, 1000 * (trials + 1), ready))
+        child.start()
+        assert ready.wait(15), "the child never saved"
+        time.sleep(rng.uniform(0.0, 0.03))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert child.exitcode == -signal.SIGKILL
+        trials += 1
+
+        model, tokenizer, config = load_checkpoint(run_dir)  # strict: weights match config
+        assert config.model == trainer.config.model
+        assert tokenizer.vocab_size == trainer.corpus.tokenizer.vocab_size
+        state = load_trainer_state(run_dir)
+        weights_step = checkpoint_step(run_dir)
+        assert weights_step is not None and weights_step >= state["step"]
+        between_files += weights_step != state["step"]
+        mid_file += any(run_dir.glob(".*.tmp"))
+    print(f"\n{trials} SIGKILLs survived ({between_files} between files, {mid_file} mid-file)")
+    assert trials >= 20
+    trainer.save()
+    assert not any(run_dir.glob(".*.tmp")), "the next save clears what a kill left behind"
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+
+def _no_space(*args, **kwargs) -> None:
+    target = Path(str(args[1]))  # save_model(model, path), torch.save(obj, path)
+    target.write_bytes(b"partial")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize(
+    ("writer", "untouched"),
+    [("qkv.checkpoint.save_model", [MODEL_FILE, TRAINER_FILE]), ("torch.save", [TRAINER_FILE])],
+)
+def test_a_full_disk_keeps_the_old_checkpoint_and_is_a_one_line_error(
+    cli, run_copy, monkeypatch, writer, untouched
+):
+    kept = {name: (run_copy / name).read_bytes() for name in untouched}
+    monkeypatch.setattr(writer, _no_space)
+    result = cli("train", "--out", run_copy, "--resume", "--max-steps", 21, "--no-progress")
+    assert_one_line_error(result, str(run_copy), "No space left on device")
+    assert {name: (run_copy / name).read_bytes() for name in kept} == kept
+    assert not any(run_copy.glob(".*.tmp"))
+    monkeypatch.undo()
+    load_checkpoint(run_copy)
+    assert load_trainer_state(run_copy)["step"] == 20
+
+
+def test_resume_after_a_save_cut_short_between_files_goes_on_and_says_so(
+    cli, run_copy, monkeypatch
+):
+    monkeypatch.setattr(torch, "save", _no_space)  # the weights reach step 21, trainer.pt not
+    cli("train", "--out", run_copy, "--resume", "--max-steps", 21, "--no-progress")
+    monkeypatch.undo()
+    assert (checkpoint_step(run_copy), load_trainer_state(run_copy)["step"]) == (21, 20)
+    result = cli("train", "--out", run_copy, "--resume", "--max-steps", 22, "--no-progress")
+    assert result.code == 0, result.err
+    assert "from step 21" in result.err and "going on from step 20" in result.err
+    assert checkpoint_step(run_copy) == load_trainer_state(run_copy)["step"] == 22
+
+
+# -- NaN and inf ----------------------------------------------------------------------------
+
+
+def _poison(trainer: Trainer, bad_calls: set[int]) -> None:
+    """Make the training forward passes numbered in `bad_calls` (from 1) return a NaN loss."""
+    real_forward = trainer.model.forward
+    calls = [0]
+
+    def forward(idx, targets=None):
+        logits, loss = real_forward(idx, targets)
+        if trainer.model.training:
+            calls[0] += 1
+            if calls[0] in bad_calls:
+                loss = loss * float("nan")
+        return logits, loss
+
+    trainer.model.forward = forward
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(text_file, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    trainer = tiny_trainer(text_file, run_dir, tiny, "train.max_steps=10", "train.eval_interval=2")
+    _poison(trainer, set(range(5, 100)))
+    with pytest.raises(QkvError, match=r"the loss became nan at step 5; .*last good checkpoint"):
+        trainer.fit()
+    assert load_trainer_state(run_dir)["step"] == 4
+    assert weights_are_finite(run_dir)
+
+
+def test_non_finite_weights_are_never_saved(text_file, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    trainer = tiny_trainer(text_file, run_dir, tiny, "train.max_steps=4")
+    trainer.save()
+    with torch.no_grad():
+        next(trainer.model.parameters())[0] = float("inf")
+    with pytest.raises(QkvError, match="weights became NaN or inf"):
+        trainer.save()
+    assert weights_are_finite(run_dir)
+
+
+def test_a_huge_learning_rate_is_a_one_line_error_naming_the_step(cli, text_file, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", text_file, "--out", run_dir, "--max-steps", 20, "--max-time", 0]
+    result = cli(*args, "--no-progress", *tiny, "train.lr=1e30", "train.eval_interval=1")
+    assert_one_line_error(result, "at step", str(run_dir), "--skip-nonfinite")
+    if (run_dir / MODEL_FILE).exists():
+        assert weights_are_finite(run_dir)
+
+
+def test_skip_nonfinite_skips_the_bad_batches_and_finishes(text_file, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    trainer = tiny_trainer(
+        text_file, run_dir, tiny, "train.max_steps=8", "train.skip_nonfinite=true"
+    )
+    _poison(trainer, {3, 4})
+    result = trainer.fit()
+    assert result.step == 8 and trainer.skipped == 2
+    assert weights_are_finite(run_dir)
+    skipped = [r for r in metrics(run_dir) if "skipped_batches" in r]
+    assert [r["step"] for r in skipped] == [3, 4]
+
+
+def test_skip_nonfinite_flag_sets_the_config(cli, text_file, tmp_path, tiny):
+    run_dir = tmp_path / "run"
+    args = ["train", "--data", text_file, "--out", run_dir, "--max-steps", 2, "--max-time", 0]
+    result = cli(*args, "--no-progress", "--skip-nonfinite", *tiny)
+    assert result.code == 0, result.err
+    assert load_checkpoint(run_dir)[2].train.skip_nonfinite is True
