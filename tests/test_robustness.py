@@ -209,7 +209,7 @@ def test_resume_after_a_save_cut_short_between_files_goes_on_and_says_so(
     assert (checkpoint_step(run_copy), load_trainer_state(run_copy)["step"]) == (21, 20)
     result = cli("train", "--out", run_copy, "--resume", "--max-steps", 22, "--no-progress")
     assert result.code == 0, result.err
-    assert "from step 21" in result.err and "going on from step 20" in result.err
+    assert "is from step 21" in result.err and "snapshot of step 20" in result.err
     assert checkpoint_step(run_copy) == load_trainer_state(run_copy)["step"] == 22
 
 
@@ -281,3 +281,37 @@ def test_skip_nonfinite_flag_sets_the_config(cli, text_file, tmp_path, tiny):
     result = cli(*args, "--no-progress", "--skip-nonfinite", *tiny)
     assert result.code == 0, result.err
     assert load_checkpoint(run_dir)[2].train.skip_nonfinite is True
+
+
+# -- a crash, then --resume -----------------------------------------------------------------
+
+
+@posix_only
+def test_resuming_after_sigkill_reproduces_the_uninterrupted_losses(cli, text_file, tmp_path, tiny):
+    """Kill a real run with SIGKILL (no chance to save; often in the middle of a save, as saves
+    come every 4 steps), resume it: every step it trains again, and every later step, has the
+    uninterrupted run's loss."""
+    schedule = [*tiny, "train.max_time=0", "train.decay_steps=24", "train.log_interval=1"]
+    schedule += ["train.eval_interval=4", "model.dropout=0.1"]  # dropout: the RNG must resume
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    args = ["train", "--data", str(text_file), "--no-progress", "--max-steps"]
+    assert cli(*args, "24", "--out", str(straight), *schedule).code == 0
+
+    command = [sys.executable, "-m", "qkv", *args, "100000", "--out", str(crashed), *schedule]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(r.get("step", 0) >= 10 for r in metrics(crashed)):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    saved_step = load_trainer_state(crashed)["step"]
+    assert 4 <= saved_step < 24
+    assert cli(*args, "24", "--out", str(crashed), "--resume", *schedule).code == 0
+
+    def losses(run_dir: Path) -> dict[int, float]:  # the last record of each step wins
+        return {r["step"]: r["train_loss"] for r in metrics(run_dir) if "train_loss" in r}
+
+    expected, resumed = losses(straight), losses(crashed)
+    assert sorted(expected) == list(range(1, 25))
+    assert {step: resumed[step] for step in expected} == expected

@@ -3,8 +3,9 @@
     model.safetensors   the weights (safetensors: plain tensors, nothing executable)
     config.json         the effective, complete RunConfig
     tokenizer.json      the vocabulary (qkv's character format or a `tokenizers` BPE file)
-    trainer.pt          optimizer, schedule position, RNG and data position, for --resume;
-                        only tensors and plain values, read back with weights_only=True
+    trainer.pt          the resumable snapshot: weights, optimizer, schedule position, RNG and
+                        data position, for --resume; only tensors and plain values, read
+                        back with weights_only=True
     metrics.jsonl       one JSON line per log or eval point (written by the trainer)
 
 Each file is written to a temporary name in the same directory, flushed to disk and renamed
@@ -19,14 +20,19 @@ What a kill at any moment of a save (SIGKILL, a power cut) guarantees, and why i
 - the files are written in the order config, tokenizer, weights, trainer state, and the
   weights record the step they belong to (the safetensors metadata "step", read by
   `checkpoint_step`), so after a kill between the last two the weights may be one save
-  newer than trainer.pt, never older. `--resume` then goes on from trainer.pt's step with
-  the newer weights and says so on stderr: a few steps are seen twice, nothing is lost.
+  newer than trainer.pt, never older;
+- trainer.pt is the unit of resumption: it holds its own copy of the weights beside the
+  optimizer state, RNG and data position, all from one step, and it is replaced by a single
+  rename. `--resume` always restarts from that snapshot (and says so when model.safetensors
+  is newer), so a resumed run reproduces the uninterrupted run's losses exactly on CPU, however
+  the previous process ended. The copy costs one more set of weights on disk, next to the
+  optimizer's two.
 
-Writing the whole set to a sibling directory and swapping it in would make a save one
-unit, but the run directory also holds metrics.jsonl and best/, which a swap would have to
-carry along; the small window above costs at most one save interval of exactness, so qkv
-keeps the simple file-by-file layout. A kill mid-file leaves a hidden temporary file
-(.model.safetensors.*.tmp); the next save into the directory deletes it.
+Writing the whole set to a sibling directory and swapping it in would make a save one unit
+too, but the run directory also holds metrics.jsonl and best/, which a swap would have to carry
+along; the self-contained trainer.pt gives the same guarantee with the simple layout. A kill
+mid-file leaves a hidden temporary file (.model.safetensors.*.tmp); the next save into the
+directory deletes it.
 
 A save that fails (a full disk: OSError) ends like a kill: the file being written and those
 after it keep their old versions, its temporary file is removed, and `QkvError` names the

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from qkv.checkpoint import (
     METRICS_FILE,
+    MODEL_FILE,
     TRAINER_FILE,
     checkpoint_step,
     load_checkpoint,
@@ -199,7 +200,10 @@ class Trainer:
     # -- saving and resuming -------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
+        """The resumable snapshot. It holds the weights too: trainer.pt is replaced in one
+        atomic rename, so weights, optimizer, RNG and data position always belong together."""
         return {
+            "model": self.model.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
             "best_val": self.best_val,
@@ -212,11 +216,12 @@ class Trainer:
         weights_step = checkpoint_step(self.out_dir)
         if weights_step is not None and weights_step != state["step"]:
             print(
-                f"qkv: the weights in {self.out_dir} are from step {weights_step} and "
-                f"{TRAINER_FILE} from step {state['step']} (a save was cut short); going on "
-                f"from step {state['step']} with the newer weights",
+                f"qkv: {self.out_dir}/{MODEL_FILE} is from step {weights_step} and "
+                f"{TRAINER_FILE} from step {state['step']} (a save was cut short); resuming "
+                f"from the complete snapshot of step {state['step']} in {TRAINER_FILE}",
                 file=sys.stderr,
             )
+        self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
