@@ -93,6 +93,12 @@ def _add_train(verbs) -> None:
         help="skip a batch whose loss or gradient is NaN or inf instead of stopping the run "
         "(train.skip_nonfinite=true)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model: faster steps on GPUs after a compile of a minute or "
+        "so; rarely worth it for short CPU runs (train.compile=true)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(run=cmd_train)
@@ -202,6 +208,7 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         "data.tokenizer": args.tokenizer,
         "data.vocab_size": args.vocab_size,
         "train.skip_nonfinite": True if args.skip_nonfinite else None,
+        "train.compile": True if args.compile else None,
     }
     return config.with_values({k: v for k, v in flags.items() if v is not None})
 

@@ -153,6 +153,7 @@ class TrainConfig:
     log_interval: int = 10
     device: str = "auto"
     seed: int = 1337
+    compile: bool = False  # torch.compile the model for the training steps
     skip_nonfinite: bool = False  # skip a NaN/inf batch instead of stopping (a sync per step)
 
     def __post_init__(self) -> None:

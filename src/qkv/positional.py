@@ -73,7 +73,8 @@ class RotaryEmbedding(nn.Module):
     Read as a complex number z_i = x_2i + i x_2i+1, the rotation is z_i * e^(i pos theta_i):
     one complex multiplication per pair (Su et al., 2021, section 3.4.2). Rotations preserve
     lengths, and R(m)^T R(n) = R(n - m), so the rotated dot product q_m . k_n depends only on
-    the offset n - m. Fixed: no parameters, nothing saved.
+    the offset n - m. Fixed: no parameters, nothing saved. (torch.compile's inductor does not
+    generate code for complex tensors yet: under `--compile` this op runs as in eager mode.)
     """
 
     def __init__(self, head_size: int, max_positions: int, base: float = 10000.0) -> None:

@@ -11,6 +11,11 @@ biases or LayerNorm gains, as GPT-2 and nanoGPT do. The learning rate warms up l
 the run: over `decay_steps`, or over the wall-clock budget `max_time` when that runs out first,
 so a time-limited run still ends at min_lr.
 
+Speed habits (nanoGPT's): on CUDA, bfloat16 autocast (float16 with a gradient scaler on cards
+without bf16) and TF32 matmuls; fused AdamW; `train.compile` (`--compile`) runs the training
+steps through torch.compile while checkpoints come from the plain module; batches are pinned
+and copied without blocking; the loss is read back (a host-device sync) only at log points.
+
 Everything the run needs to go on is in the run directory (see checkpoint.py), and `resume`
 restores model, optimizer, step, clock, RNG and data position, so on CPU a resumed run
 reproduces the uninterrupted run's losses exactly. `init_from` starts a new run from another
@@ -112,9 +117,19 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed precision on CUDA: bfloat16 where the card has it, else float16 (which needs a
+    gradient scaler: its narrow exponent range underflows small gradients). None elsewhere:
+    CPUs and MPS train in float32."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def autocast(device: torch.device):
-    """bfloat16 autocast on CUDA; full float32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """The forward pass's autocast context: `amp_dtype`, or plain float32."""
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -184,6 +199,15 @@ class Trainer:
             raise QkvError(f"the model config differs from the run's in {self.out_dir}")
         self.model = saved[0] if saved else GPT(model_config).to(self.device)
         self.optimizer = make_optimizer(self.model, config.train, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=amp_dtype(self.device) == torch.float16
+        )
+        if self.device.type == "cuda":  # TensorFloat-32 for the float32 matmuls that remain
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # compiled for the training steps only; self.model stays the plain module, so state
+        # dicts never carry torch.compile's "_orig_mod." prefix
+        self.forward = torch.compile(self.model) if config.train.compile else self.model
         self.sampler = BatchSampler(
             self.corpus.train,
             model_config.block_size,
@@ -210,6 +234,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -225,6 +250,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
 
     def save(self) -> None:
@@ -307,22 +334,25 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             x, y = self.sampler.next_batch()
             with autocast(self.device):
-                _, loss = self.model(x, y)
-            (loss / cfg.grad_accum).backward()
+                _, loss = self.forward(x, y)
+            self.scaler.scale(loss / cfg.grad_accum).backward()  # scale() is 1 unless fp16
             total += loss.detach()
         norm = None
         if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         if cfg.skip_nonfinite and not _all_finite(total, norm):
             self._skip_batch(total.item() / cfg.grad_accum)
             return total / cfg.grad_accum
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # with fp16, skips the step if gradients overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total / cfg.grad_accum
 
     def _skip_batch(self, loss: float) -> None:
         """Drop this batch's gradients without an update; the step still counts."""
+        self.scaler.update()  # forget the unscale_ of this step
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
         self.step += 1
