@@ -389,18 +389,21 @@ def test_debug_lets_the_exception_propagate(tmp_path, where):
 # -- the real command, in a subprocess ------------------------------------------------------
 
 
-def test_python_dash_m_qkv_trains_and_samples(text_file, tmp_path, tiny, qkv_cache):
+def run_python_m_qkv(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m qkv ARGS` in a real subprocess."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "qkv", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=cwd, timeout=120, check=False
+    )
+
+
+def test_python_dash_m_qkv_trains_and_samples(text_file, tmp_path, tiny, qkv_cache):
     run_dir = tmp_path / "run"
-    train = subprocess.run(
-        [sys.executable, "-m", "qkv", "train", "--data", str(text_file), "--out", str(run_dir)]
-        + ["--max-steps", "3", "--max-time", "0", "--no-progress", *tiny],
-        capture_output=True,
-        text=True,
-        env=env,
+    train = run_python_m_qkv(
+        *["train", "--data", str(text_file), "--out", str(run_dir), "--max-steps", "3"],
+        *["--max-time", "0", "--no-progress", *tiny],
         cwd=tmp_path,
-        timeout=120,
-        check=False,
     )
     assert train.returncode == 0, train.stderr
     assert "done: step 3" in train.stdout
@@ -408,28 +411,15 @@ def test_python_dash_m_qkv_trains_and_samples(text_file, tmp_path, tiny, qkv_cac
     assert not (tmp_path / "out").exists()  # --out was honoured
     assert any((qkv_cache / "tokens").iterdir())  # and QKV_CACHE_DIR, so ~/.cache is untouched
 
-    sampled = subprocess.run(
-        [sys.executable, "-m", "qkv", "sample", "--checkpoint", str(run_dir)]
-        + ["--prompt", "To be", "--max-new-tokens", "20", "--seed", "3", "--device", "cpu"],
-        capture_output=True,
-        text=True,
-        env=env,
+    sampled = run_python_m_qkv(
+        *["sample", "--checkpoint", str(run_dir), "--prompt", "To be", "--max-new-tokens", "20"],
+        *["--seed", "3", "--device", "cpu"],
         cwd=tmp_path,
-        timeout=120,
-        check=False,
     )
     assert sampled.returncode == 0, sampled.stderr
     assert sampled.stdout.startswith("To be")
     assert len(sampled.stdout.rstrip("\n")) >= len("To be") + 1
 
-    failed = subprocess.run(
-        [sys.executable, "-m", "qkv", "sample", "--checkpoint", str(tmp_path / "nope")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=120,
-        check=False,
-    )
+    failed = run_python_m_qkv("sample", "--checkpoint", str(tmp_path / "nope"), cwd=tmp_path)
     assert failed.returncode == 2
     assert failed.stderr.startswith("qkv: error: ") and len(failed.stderr.splitlines()) == 1

@@ -323,14 +323,21 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise QkvError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def config_from_json(path: Path) -> RunConfig:
-    """Load the effective config that a checkpoint saved."""
+def read_json_config(path: Path, missing_hint: str) -> dict[str, Any]:
+    """The JSON object in `path`; a missing, unreadable or malformed file is a one-line
+    QkvError (`missing_hint` follows "is missing:", e.g. "is DIR a qkv checkpoint?")."""
     try:
         tree = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise QkvError(f"{path} is missing: is {path.parent} a qkv checkpoint?") from None
+        raise QkvError(f"{path} is missing: {missing_hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise QkvError(f"{path} is not a readable JSON config: {exc}") from None
     if not isinstance(tree, dict):
         raise QkvError(f"{path} must hold a JSON object")
+    return tree
+
+
+def config_from_json(path: Path) -> RunConfig:
+    """Load the effective config that a checkpoint saved."""
+    tree = read_json_config(path, f"is {path.parent} a qkv checkpoint?")
     return RunConfig.from_dict(tree, origin=str(path))

@@ -15,7 +15,6 @@ directory with any tool first. `transformers` is needed (for `GPT2Config` and
 
 from __future__ import annotations
 
-import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from qkv.checkpoint import CONFIG_FILE, load_checkpoint, save_checkpoint
-from qkv.config import DataConfig, GPTConfig, RunConfig
+from qkv.config import DataConfig, GPTConfig, RunConfig, read_json_config
 from qkv.errors import QkvError
 from qkv.interop import from_hf, gpt_config, require_transformers, to_hf
 from qkv.models.gpt import GPT
@@ -68,14 +67,9 @@ def import_hf(directory: str | Path, out: str | Path) -> Imported:
 def read_hf_config(directory: Path) -> GPTConfig:
     """qkv's GPTConfig for the directory's config.json (a GPT-2 config, or a one-line error)."""
     path = directory / HF_CONFIG_FILE
-    try:
-        tree = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QkvError(f"{path} is missing: is {directory} a Hugging Face model?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QkvError(f"{path} is not a readable JSON config: {exc}") from None
-    if not isinstance(tree, dict) or tree.get("model_type") != "gpt2":
-        kind = tree.get("model_type") if isinstance(tree, dict) else None
+    tree = read_json_config(path, f"is {directory} a Hugging Face model?")
+    if tree.get("model_type") != "gpt2":
+        kind = tree.get("model_type")
         raise QkvError(f"{path}: qkv imports GPT-2 (model_type 'gpt2'), not {kind!r}")
     transformers = require_transformers()
     try:
