@@ -323,15 +323,16 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise QkvError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def read_json_config(path: Path, missing_hint: str) -> dict[str, Any]:
+def read_json_config(path: Path, missing_hint: str, what: str = "JSON config") -> dict[str, Any]:
     """The JSON object in `path`; a missing, unreadable or malformed file is a one-line
-    QkvError (`missing_hint` follows "is missing:", e.g. "is DIR a qkv checkpoint?")."""
+    QkvError (`missing_hint` follows "is missing:", e.g. "is DIR a qkv checkpoint?"; `what`
+    names the kind of file in the message)."""
     try:
         tree = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise QkvError(f"{path} is missing: {missing_hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QkvError(f"{path} is not a readable JSON config: {exc}") from None
+        raise QkvError(f"{path} is not a readable {what}: {exc}") from None
     if not isinstance(tree, dict):
         raise QkvError(f"{path} must hold a JSON object")
     return tree

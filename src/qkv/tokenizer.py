@@ -30,6 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from qkv.config import read_json_config
 from qkv.errors import QkvError
 
 TOKENIZER_KINDS = ("char", "bpe")  # or a directory with a pretrained tokenizer
@@ -289,16 +290,11 @@ def new_tokenizer(
 
 def load_tokenizer(path: Path) -> Tokenizer:
     """Read tokenizer.json: qkv's character format or a `tokenizers` (BPE) file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        tree = json.loads(text)
-    except FileNotFoundError:
-        raise QkvError(f"{path} is missing: is {path.parent} a qkv checkpoint?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QkvError(f"{path} is not a readable tokenizer file: {exc}") from None
-    if isinstance(tree, dict) and "model" in tree and "kind" not in tree:
-        return BPETokenizer.from_json(text, str(path))
-    kind = tree.get("kind") if isinstance(tree, dict) else None
+    hint = f"is {path.parent} a qkv checkpoint?"
+    tree = read_json_config(path, hint, what="tokenizer file")
+    if "model" in tree and "kind" not in tree:
+        return BPETokenizer.from_file(path)
+    kind = tree.get("kind")
     if kind != "char":
         raise QkvError(f"{path}: unknown tokenizer kind {kind!r}")
     chars = tree.get("chars")
