@@ -141,14 +141,25 @@ class PreNormBlock(nn.Module):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
-    ) -> Tensor:
-        """x: (B, T, C) -> (B, T, C)."""
-        x = x + self._attend(self.ln_1(x), mask, positions, cache)
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, T, C) -> (B, T, C); and the attention weights (B, H, T, T_k) if asked."""
+        attended = self._attend(self.ln_1(x), mask, positions, cache, return_weights)
+        attended, weights = attended if return_weights else (attended, None)
+        x = x + attended
         x = x + self.mlp(self.ln_2(x))
-        return x
+        return (x, weights) if return_weights else x
 
-    def _attend(self, x: Tensor, mask, positions, cache) -> Tensor:
-        return self.attn(x, mask=mask, causal=self.causal, positions=positions, cache=cache)
+    def _attend(self, x: Tensor, mask, positions, cache, return_weights=False):
+        """The attention sub-layer; (output, weights) when `return_weights`, else the output."""
+        return self.attn(
+            x,
+            mask=mask,
+            causal=self.causal,
+            positions=positions,
+            cache=cache,
+            return_weights=return_weights,
+        )
 
 
 class PostNormBlock(PreNormBlock):
@@ -160,11 +171,14 @@ class PostNormBlock(PreNormBlock):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
-    ) -> Tensor:
-        """x: (B, T, C) -> (B, T, C)."""
-        x = self.ln_1(x + self._attend(x, mask, positions, cache))
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, T, C) -> (B, T, C); and the attention weights (B, H, T, T_k) if asked."""
+        attended = self._attend(x, mask, positions, cache, return_weights)
+        attended, weights = attended if return_weights else (attended, None)
+        x = self.ln_1(x + attended)
         x = self.ln_2(x + self.mlp(x))
-        return x
+        return (x, weights) if return_weights else x
 
 
 def make_block(norm: str, n_embd: int, n_head: int, **kwargs) -> PreNormBlock:

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(verbs)
     _add_import_hf(verbs)
     _add_export_hf(verbs)
+    _add_attention(verbs)
+    _add_plot(verbs)
     return parser
 
 
@@ -185,6 +187,45 @@ def _add_export_hf(verbs) -> None:
     p.set_defaults(run=cmd_export_hf)
 
 
+def _add_attention(verbs) -> None:
+    p = verbs.add_parser(
+        "attention",
+        parents=[_debug_flag()],
+        help="draw a checkpoint's attention: heatmaps (.png) or an explorer page (.html)",
+        description="Run the checkpoint on --text and draw every layer's and head's attention "
+        "weights: a grid of heatmaps (--out FILE.png) or a self-contained interactive page "
+        "(--out FILE.html; open it in any browser, nothing is fetched).",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--text", required=True, metavar="TEXT", help="the tokens to look at")
+    p.add_argument("--out", required=True, metavar="FILE.png|FILE.html")
+    p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(run=cmd_attention)
+
+
+def _add_plot(verbs) -> None:
+    p = verbs.add_parser(
+        "plot",
+        parents=[_debug_flag()],
+        help="training curves of a run, or a positional encoding (PNG)",
+        description="Draw RUN_DIR/metrics.jsonl (loss against steps and tokens, learning rate, "
+        "tokens/s) to RUN_DIR/curves.png, or with --positions the positional matrix and the "
+        "cosine similarity between positions.",
+    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run directory (qkv train)")
+    p.add_argument(
+        "--positions",
+        metavar="CHECKPOINT|sinusoidal",
+        help="draw this checkpoint's positions (or the paper's sinusoids) instead",
+    )
+    p.add_argument(
+        "--out",
+        metavar="FILE.png",
+        help="default: RUN_DIR/curves.png, CHECKPOINT/positions.png or sinusoidal-positions.png",
+    )
+    p.set_defaults(run=cmd_plot)
+
+
 # -- verbs ----------------------------------------------------------------------------------
 
 
@@ -319,6 +360,22 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
 
     files = export_hf(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} to {args.out}: {', '.join(files)}")
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from qkv.train import resolve_device
+    from qkv.viz.commands import attention_command
+
+    device = resolve_device(args.device)
+    print(attention_command(args.checkpoint, args.text, args.out, device))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from qkv.viz.commands import plot_command
+
+    print(plot_command(args.run_dir, args.positions, args.out))
     return 0
 
 

@@ -504,4 +504,8 @@ def train(
     `init_from` names a checkpoint (a qkv run, or GPT-2 from `qkv import-hf`) whose weights
     and tokenizer the run starts from, with a fresh optimizer and schedule: fine-tuning.
     """
-    return Trainer(config, resume=resume, progress=progress, init_from=init_from).fit()
+    from qkv.viz.curves import plot_after_training  # before the run, never after it
+
+    result = Trainer(config, resume=resume, progress=progress, init_from=init_from).fit()
+    plot_after_training(result.out_dir)  # curves.png; a failure to draw only warns
+    return result

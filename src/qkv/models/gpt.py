@@ -109,11 +109,14 @@ class GPT(nn.Module):
         targets: Tensor | None = None,
         *,
         kv_caches: list[KVCache] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, list[Tensor]]:
         """idx: (B, T) token ids -> logits (B, T, V), and the mean cross-entropy if targets.
 
         With `kv_caches` (from `new_kv_caches`), idx holds only the tokens that follow those
         already cached; their positions continue from the cache's length.
+        With `return_weights`, a third item: each layer's attention weights, (B, H, T, T_k),
+        from the explicit softmax(q k^T / sqrt(D)) path (slower: for looking, not training).
         """
         start = kv_caches[0].length if kv_caches else 0
         end = start + idx.size(1)
@@ -125,13 +128,16 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(positions)  # (B, T, C) + (T, C)
         x = self.transformer.drop(x)
         caches = kv_caches or [None] * len(self.transformer.h)
+        weights = []  # per layer (B, H, T, T_k), when asked for
         for block, cache in zip(self.transformer.h, caches, strict=True):
-            x = block(x, positions=positions, cache=cache)  # (B, T, C)
+            out = block(x, positions=positions, cache=cache, return_weights=return_weights)
+            x, layer_weights = out if return_weights else (out, None)  # (B, T, C)
+            weights.append(layer_weights)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
-        return logits, loss
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
+        return (logits, loss, weights) if return_weights else (logits, loss)
 
     @torch.inference_mode()  # like no_grad, and also skips autograd's version counting
     def generate(
