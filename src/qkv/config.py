@@ -129,6 +129,7 @@ class DataConfig:
 
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -142,6 +143,7 @@ class TrainConfig:
     warmup_steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1  # micro-batches per optimizer step
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
     lr: float = 3e-3
     min_lr: float = 2e-4
     weight_decay: float = 0.1
@@ -167,6 +169,7 @@ class TrainConfig:
         _check_fraction(self, "beta1")
         _check_fraction(self, "beta2")
         _check_choice(self, "device", DEVICES)
+        _check_choice(self, "optimizer", OPTIMIZERS)
 
     @property
     def schedule_steps(self) -> int:

@@ -64,6 +64,7 @@ from qkv.config import GPTConfig, RunConfig, TrainConfig
 from qkv.data import BatchSampler, Corpus, prepare_corpus
 from qkv.errors import QkvError, TrainingInterrupted
 from qkv.models.gpt import GPT
+from qkv.optim import make_optimizer
 
 BEST_DIR = "best"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -104,17 +105,6 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
         progress = max(progress, elapsed / cfg.max_time)
     progress = min(progress, 1.0)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
-    """AdamW with weight decay on the matrices only."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = device.type in ("cuda", "cpu")  # one kernel for the whole update
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

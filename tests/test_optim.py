@@ -1,0 +1,158 @@
+"""Muon beside AdamW: which parameters each one owns, the orthogonalised step, state and resume."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from qkv.checkpoint import load_trainer_state
+from qkv.config import GPTConfig, TrainConfig
+from qkv.errors import QkvError
+from qkv.models.gpt import GPT
+from qkv.optim import MuonWithAdamW, is_hidden_matrix, make_optimizer
+
+CPU = torch.device("cpu")
+
+
+def small_gpt(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32, **overrides))
+
+
+def muon_config(**overrides) -> TrainConfig:
+    return TrainConfig(optimizer="muon", max_time=0, **overrides)
+
+
+def test_muon_takes_the_block_matrices_and_adamw_everything_else():
+    model = small_gpt()
+    optimizer = make_optimizer(model, muon_config(), CPU)
+    assert isinstance(optimizer, MuonWithAdamW)
+    in_muon = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in optimizer.adamw.param_groups for p in g["params"]}
+    assert not in_muon & in_adamw
+    assert in_muon | in_adamw == {id(p) for p in model.parameters()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon_names = sorted(names[i] for i in in_muon)
+    # per block: fused W_Q|W_K|W_V, the attention output, and the feed-forward's two matrices
+    assert len(muon_names) == 2 * 4
+    assert all(n.startswith("transformer.h.") and n.endswith(".weight") for n in muon_names)
+    adamw_names = {names[i] for i in in_adamw}
+    assert "transformer.wte.weight" in adamw_names  # the embedding, tied to the output head
+    assert all(names[i] in adamw_names for i in in_adamw if model.get_parameter(names[i]).dim() < 2)
+
+
+def test_is_hidden_matrix_needs_two_dimensions_inside_a_block():
+    matrix, vector = torch.nn.Parameter(torch.ones(4, 4)), torch.nn.Parameter(torch.ones(4))
+    assert is_hidden_matrix("transformer.h.0.mlp.c_fc.weight", matrix)
+    assert not is_hidden_matrix("transformer.h.0.mlp.c_fc.bias", vector)
+    assert not is_hidden_matrix("transformer.wte.weight", matrix)
+    assert not is_hidden_matrix("lm_head.weight", matrix)
+
+
+def test_a_muon_step_moves_every_direction_of_a_matrix_by_about_the_same_amount():
+    # Muon's update is the orthogonalised momentum: its singular values are close to one
+    # (five Newton-Schulz steps with these coefficients land in roughly [0.7, 1.2], not
+    # exactly 1, and the very smallest directions of the gradient are not lifted all the way),
+    # while the raw gradient's spread over orders of magnitude.
+    model = small_gpt()
+    optimizer = make_optimizer(model, muon_config(weight_decay=0.0, lr=1e-2), CPU)
+    weight = model.transformer.h[0].mlp.c_fc.weight  # (4C, C) = (128, 32)
+    x = torch.randint(0, 20, (4, 16))
+    _, loss = model(x[:, :-1], x[:, 1:])
+    loss.backward()
+    grad_spread = torch.linalg.svdvals(weight.grad)
+    before = weight.detach().clone()
+    optimizer.step()
+    scale = 1e-2 * 0.2 * max(weight.shape) ** 0.5  # lr, matched to AdamW's update size
+    singular = torch.linalg.svdvals((before - weight.detach()) / scale)
+    assert grad_spread.max() / grad_spread.min() > 10
+    near_one = ((singular > 0.5) & (singular < 1.5)).float().mean()
+    assert singular.max() < 1.5 and near_one >= 0.9
+    top = grad_spread[: int(0.9 * len(grad_spread))]
+    assert top.max() / top.min() > 5  # the gradient's own top 90% are far from equal
+
+
+def test_muon_trains_a_tiny_gpt_to_overfit_one_batch():
+    model = small_gpt()
+    optimizer = make_optimizer(model, muon_config(lr=1e-2, weight_decay=0.0), CPU)
+    batch = torch.randint(0, 20, (4, 17), generator=torch.Generator().manual_seed(1))
+    x, y = batch[:, :-1], batch[:, 1:]
+    _, first = model(x, y)
+    for _ in range(100):
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _, last = model(x, y)
+    assert last.item() < 0.1 * first.item()
+
+
+def test_state_dict_round_trip_continues_identically():
+    def run(steps: int, model: GPT, optimizer) -> None:
+        generator = torch.Generator().manual_seed(steps)
+        for _ in range(steps):
+            batch = torch.randint(0, 20, (4, 17), generator=generator)
+            _, loss = model(batch[:, :-1], batch[:, 1:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    cfg = muon_config(lr=1e-2)
+    a = small_gpt()
+    opt_a = make_optimizer(a, cfg, CPU)
+    run(3, a, opt_a)
+    b = small_gpt()
+    b.load_state_dict(a.state_dict())
+    opt_b = make_optimizer(b, cfg, CPU)
+    opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))  # as if saved and read back
+    run(2, a, opt_a)
+    run(2, b, opt_b)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_loading_an_adamw_state_into_muon_is_one_clear_error():
+    model = small_gpt()
+    adamw = make_optimizer(model, TrainConfig(), CPU)
+    muon = make_optimizer(model, muon_config(), CPU)
+    with pytest.raises(QkvError, match="optimizer"):
+        muon.load_state_dict(adamw.state_dict())
+
+
+def test_unknown_optimizer_is_refused_by_the_config():
+    with pytest.raises(QkvError, match="optimizer"):
+        TrainConfig(optimizer="sgd")
+
+
+def test_training_with_muon_resumes_exactly(cli, text_file, tiny, tmp_path):
+    common = [
+        "--data",
+        text_file,
+        "--no-progress",
+        *tiny,
+        "train.optimizer=muon",
+        "train.max_time=0",
+        "train.decay_steps=6",
+        "train.eval_interval=3",
+    ]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli("train", "--out", straight, "--max-steps", 6, *common).code == 0
+    assert cli("train", "--out", resumed, "--max-steps", 3, *common).code == 0
+    result = cli("train", "--out", resumed, "--resume", "--max-steps", 6, "--no-progress")
+    assert result.code == 0, result.err
+    a, b = load_trainer_state(straight), load_trainer_state(resumed)
+    assert set(a["optimizer"]) == {"muon", "adamw"}
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_muon_learning_rate_follows_the_schedule_with_adamw():
+    model = small_gpt()
+    optimizer = make_optimizer(model, dataclasses.replace(muon_config(), lr=5e-3), CPU)
+    assert {g["lr"] for g in optimizer.param_groups} == {5e-3}
+    for group in optimizer.param_groups:
+        group["lr"] = 1e-4
+    assert optimizer.muon.param_groups[0]["lr"] == optimizer.adamw.param_groups[0]["lr"] == 1e-4
