@@ -27,6 +27,7 @@ rank 0) in the single-process format, so any run directory resumes with any worl
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from collections.abc import Iterator
@@ -122,6 +123,7 @@ def process_group(world: World, device: torch.device, timeout_s: float) -> Itera
     try:
         yield
     finally:
+        gc.collect()  # free what still holds the group (a DDP reducer in a cycle) first
         dist.destroy_process_group()
 
 

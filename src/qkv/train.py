@@ -16,6 +16,11 @@ without bf16) and TF32 matmuls; fused AdamW; `train.compile` (`--compile`) runs 
 steps through torch.compile while checkpoints come from the plain module; batches are pinned
 and copied without blocking; the loss is read back (a host-device sync) only at log points.
 
+On several processes (`torchrun ... -m qkv train`, see distributed.py) the same loop runs on
+every rank: DDP averages the gradients on each step's last micro-batch (FSDP2 with
+`train.fsdp` shards them), the ranks agree on the clock and on a stop signal after every
+step, and rank 0 alone logs and writes the (always whole) checkpoints.
+
 Everything the run needs to go on is in the run directory (see checkpoint.py), and `resume`
 restores model, optimizer, step, clock, RNG and data position, so on CPU a resumed run
 reproduces the uninterrupted run's losses exactly. `init_from` starts a new run from another
@@ -597,10 +602,7 @@ def train(
     device = distributed.rank_device(resolve_device(config.train.device), world)
     with distributed.process_group(world, device, config.train.dist_timeout):
         try:
-            trainer = Trainer(
-                config, resume=resume, progress=progress, init_from=init_from, world=world
-            )
-            return trainer.fit()
+            return _fit_once(config, resume, progress, init_from, world)
         except RuntimeError as exc:
             if not (world.launched and distributed.is_peer_failure(exc)):
                 raise
@@ -609,3 +611,12 @@ def train(
                 f"rank {world.rank}: lost the other processes of the job ({reason}); the last "
                 f"checkpoint in {config.train.out_dir} is whole: resume it with --resume"
             ) from None
+
+
+def _fit_once(
+    config: RunConfig, resume: bool, progress: bool, init_from: str | Path | None, world: World
+) -> TrainResult:
+    """A Trainer that is gone when this returns: its DDP or FSDP state must be freed before
+    the process group it uses is destroyed (the other way round can hang at exit)."""
+    trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from, world=world)
+    return trainer.fit()
