@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -144,7 +145,10 @@ def test_training_with_muon_resumes_exactly(cli, text_file, tiny, tmp_path):
     result = cli("train", "--out", resumed, "--resume", "--max-steps", 6, "--no-progress")
     assert result.code == 0, result.err
     a, b = load_trainer_state(straight), load_trainer_state(resumed)
-    assert set(a["optimizer"]) == {"muon", "adamw"}
+    assert a["optimizer_kind"] == "muon"
+    state = a["optimizer"]["state"]  # keyed by parameter name
+    assert set(state["transformer.h.0.mlp.c_fc.weight"]) == {"momentum_buffer"}
+    assert {"exp_avg", "exp_avg_sq"} <= set(state["transformer.wte.weight"])
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
 
@@ -156,3 +160,31 @@ def test_muon_learning_rate_follows_the_schedule_with_adamw():
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
     assert optimizer.muon.param_groups[0]["lr"] == optimizer.adamw.param_groups[0]["lr"] == 1e-4
+
+
+def test_resuming_with_another_optimizer_is_one_clear_error(cli, text_file, tiny, tmp_path):
+    run = tmp_path / "run"
+    common = ["--data", text_file, "--no-progress", *tiny, "train.max_time=0"]
+    assert cli("train", "--out", run, "--max-steps", 2, *common, "train.optimizer=adamw").code == 0
+    result = cli("train", "--out", run, "--resume", "--max-steps", 4, "train.optimizer=muon")
+    assert result.code == 2
+    assert "train.optimizer=adamw" in result.err and len(result.err.strip().splitlines()) == 1
+
+
+def test_a_saved_config_without_an_optimizer_field_means_adamw(tmp_path):
+    from qkv.config import RunConfig, config_from_json
+
+    tree = RunConfig().to_dict()
+    del tree["train"]["optimizer"]  # as written before the field existed
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(tree), encoding="utf-8")
+    assert config_from_json(path).train.optimizer == "adamw"
+
+
+def test_muon_with_fsdp_is_refused_in_one_line(cli, text_file, tiny, tmp_path):
+    result = cli(
+        "train", "--out", tmp_path / "run", "--data", text_file, "--fsdp", *tiny,
+        "train.optimizer=muon",
+    )  # fmt: skip
+    assert result.code == 2
+    assert "--fsdp" in result.err and len(result.err.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ import torch
 
 from qkv.checkpoint import CONFIG_FILE, METRICS_FILE, load_checkpoint
 from qkv.config import RunConfig, config_from_json, load_config
-from qkv.errors import QkvError, TrainingInterrupted
+from qkv.errors import JobBroken, QkvError, TrainingInterrupted
 
 DESCRIPTION = "qkv: the Transformer from its equations up. Train, sample and evaluate GPTs."
 
@@ -100,6 +100,12 @@ def _add_train(verbs) -> None:
         action="store_true",
         help="torch.compile the model: faster steps on GPUs after a compile of a minute or "
         "so; rarely worth it for short CPU runs (train.compile=true)",
+    )
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimizer state over the "
+        "processes with FSDP2, for models too big for one GPU (train.fsdp=true)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -233,7 +239,8 @@ def train_config(args: argparse.Namespace) -> RunConfig:
     """Defaults (or the resumed run's saved config), the TOML file, overrides, then flags."""
     if args.resume:
         out = Path(args.out or "out")
-        base = config_from_json(out / CONFIG_FILE)
+        # sharding is chosen by each launch (--fsdp), so any run resumes in a single process
+        base = config_from_json(out / CONFIG_FILE).with_values({"train.fsdp": False})
         config = base.with_overrides(args.overrides)
         if args.config:
             raise QkvError("--config cannot be combined with --resume; use key=value overrides")
@@ -250,11 +257,13 @@ def train_config(args: argparse.Namespace) -> RunConfig:
         "data.vocab_size": args.vocab_size,
         "train.skip_nonfinite": True if args.skip_nonfinite else None,
         "train.compile": True if args.compile else None,
+        "train.fsdp": True if args.fsdp else None,
     }
     return config.with_values({k: v for k, v in flags.items() if v is not None})
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from qkv.distributed import is_main_process
     from qkv.train import train
 
     config = train_config(args)
@@ -269,6 +278,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(
         config, resume=args.resume, progress=not args.no_progress, init_from=args.init_from
     )
+    if not is_main_process():  # under torchrun, rank 0 speaks for the job
+        return 0
     print(
         f"done: step {result.step}, val loss {result.val_loss:.4f} "
         f"(best {result.best_val_loss:.4f}), {result.tokens_per_s:,.0f} tokens/s, "
@@ -390,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qkv: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except TrainingInterrupted as exc:
+        from qkv.distributed import is_main_process
+
+        if is_main_process():  # under torchrun, rank 0 speaks for the job
+            print(f"qkv: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except JobBroken as exc:
         print(f"qkv: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -157,10 +157,13 @@ class TrainConfig:
     seed: int = 1337
     compile: bool = False  # torch.compile the model for the training steps
     skip_nonfinite: bool = False  # skip a NaN/inf batch instead of stopping (a sync per step)
+    fsdp: bool = False  # shard parameters, gradients, optimizer state over torchrun's ranks
+    dist_timeout: float = 600.0  # seconds a rank waits for the others in one collective
 
     def __post_init__(self) -> None:
         _check_positive(self, "max_steps", "batch_size", "grad_accum", "lr")
         _check_positive(self, "eval_interval", "eval_iters", "log_interval")
+        _check_positive(self, "dist_timeout")
         for name in ("max_time", "decay_steps", "warmup_steps", "min_lr", "weight_decay"):
             if getattr(self, name) < 0:
                 raise QkvError(f"train.{name} must not be negative, got {getattr(self, name)}")
@@ -341,7 +344,15 @@ def read_json_config(path: Path, missing_hint: str, what: str = "JSON config") -
     return tree
 
 
+# What a saved config meant by a field it does not have: it was written before the field
+# existed, when qkv behaved as the value here says (not as today's default may).
+BEFORE_THE_FIELD = {"train": {"optimizer": "adamw"}}
+
+
 def config_from_json(path: Path) -> RunConfig:
     """Load the effective config that a checkpoint saved."""
     tree = read_json_config(path, f"is {path.parent} a qkv checkpoint?")
+    for section, values in BEFORE_THE_FIELD.items():
+        if isinstance(tree.get(section), dict):
+            tree[section] = {**values, **tree[section]}
     return RunConfig.from_dict(tree, origin=str(path))

@@ -29,3 +29,14 @@ class TrainingInterrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class JobBroken(Exception):
+    """Another process of a torchrun job died or stopped answering, so this one stops too.
+
+    Not a bug here: the command line prints the one-line message (torchrun's own report
+    names the process that failed first) and exits with status 1. Checkpoints are written
+    atomically, so the last one in the run directory is whole and `--resume` goes on from it.
+    """
+
+    exit_code = 1

@@ -74,6 +74,7 @@ class MuonWithAdamW:
 
     def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer) -> None:
         self.muon, self.adamw = muon, adamw
+        self.parts = (muon, adamw)  # for torch.distributed.checkpoint's state-dict helpers
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:

@@ -16,6 +16,11 @@ without bf16) and TF32 matmuls; fused AdamW; `train.compile` (`--compile`) runs 
 steps through torch.compile while checkpoints come from the plain module; batches are pinned
 and copied without blocking; the loss is read back (a host-device sync) only at log points.
 
+On several processes (`torchrun ... -m qkv train`, see distributed.py) the same loop runs on
+every rank: DDP averages the gradients on each step's last micro-batch (FSDP2 with
+`train.fsdp` shards them), the ranks agree on the clock and on a stop signal after every
+step, and rank 0 alone logs and writes the (always whole) checkpoints.
+
 Everything the run needs to go on is in the run directory (see checkpoint.py), and `resume`
 restores model, optimizer, step, clock, RNG and data position, so on CPU a resumed run
 reproduces the uninterrupted run's losses exactly. `init_from` starts a new run from another
@@ -51,6 +56,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from qkv import distributed
 from qkv.checkpoint import (
     METRICS_FILE,
     MODEL_FILE,
@@ -62,7 +68,8 @@ from qkv.checkpoint import (
 )
 from qkv.config import GPTConfig, RunConfig, TrainConfig
 from qkv.data import BatchSampler, Corpus, prepare_corpus
-from qkv.errors import QkvError, TrainingInterrupted
+from qkv.distributed import World
+from qkv.errors import JobBroken, QkvError, TrainingInterrupted
 from qkv.models.gpt import GPT
 from qkv.optim import make_optimizer
 
@@ -123,17 +130,30 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def estimate_loss(model: GPT, corpus: Corpus, config: RunConfig, device: torch.device) -> dict:
+def estimate_loss(
+    model: GPT,
+    corpus: Corpus,
+    config: RunConfig,
+    device: torch.device,
+    world: World = distributed.SINGLE,
+) -> dict:
     """Mean loss on the same eval_iters random batches of each split at every eval point.
 
     The batches come from a generator of their own, so evaluating never moves the training
-    data position or the global RNG.
+    data position or the global RNG. In a job, each rank scores its slice of the global
+    batches and the ranks average: every rank gets the same numbers.
     """
     model.eval()
     losses = {}
     for split, ids in (("train", corpus.train), ("val", corpus.val)):
         sampler = BatchSampler(
-            ids, config.model.block_size, config.train.batch_size, config.train.seed + 1, device
+            ids,
+            config.model.block_size,
+            config.train.batch_size,
+            config.train.seed + 1,
+            device,
+            rank=world.rank,
+            world_size=world.size,
         )
         total = 0.0
         for _ in range(config.train.eval_iters):
@@ -141,7 +161,7 @@ def estimate_loss(model: GPT, corpus: Corpus, config: RunConfig, device: torch.d
             with autocast(device):
                 _, loss = model(x, y)
             total += loss.item()
-        losses[split] = total / config.train.eval_iters
+        losses[split] = distributed.mean(total / config.train.eval_iters, world, device)
     model.train()
     return losses
 
@@ -156,18 +176,30 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         init_from: str | Path | None = None,
+        world: World = distributed.SINGLE,
     ):
         if resume and init_from:
             raise QkvError("--resume continues a run and --init-from starts one: use one of them")
+        if config.train.fsdp and config.train.optimizer == "muon":
+            raise QkvError(
+                "train.optimizer=muon orthogonalises whole matrices, which --fsdp splits across "
+                "ranks: use train.optimizer=adamw with --fsdp (DDP works with muon)"
+            )
+        if config.train.fsdp and not world.launched:
+            raise QkvError(
+                "--fsdp shards the model over the processes torchrun starts: launch with "
+                "`torchrun --nproc_per_node N -m qkv train --fsdp ...`"
+            )
+        self.world = world
         self.out_dir = Path(config.train.out_dir)
-        self.device = resolve_device(config.train.device)
+        self.device = distributed.rank_device(resolve_device(config.train.device), world)
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise QkvError(
                 f"cannot use {self.out_dir} as the run directory: {exc.strerror}"
             ) from None
-        self.progress = progress
+        self.progress = progress and world.is_main
         start_dir = self.out_dir if resume else init_from
         saved = load_checkpoint(start_dir, self.device) if start_dir else None
         if saved and init_from:
@@ -188,6 +220,13 @@ class Trainer:
         if saved and saved[2].model != model_config:
             raise QkvError(f"the model config differs from the run's in {self.out_dir}")
         self.model = saved[0] if saved else GPT(model_config).to(self.device)
+        state = load_trainer_state(self.out_dir) if resume else None
+        if state is not None:  # the snapshot's weights, before DDP copies or FSDP shards them
+            self._check_snapshot_step(state)
+            self.model.load_state_dict(state["model"])
+        # the module the training step runs: DDP around self.model, or self.model itself,
+        # sharded in place by FSDP; self.model's plain names go into the checkpoints
+        self.parallel = distributed.parallelize(self.model, world, config.train.fsdp)
         self.optimizer = make_optimizer(self.model, config.train, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=amp_dtype(self.device) == torch.float16
@@ -197,63 +236,103 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         # compiled for the training steps only; self.model stays the plain module, so state
         # dicts never carry torch.compile's "_orig_mod." prefix
-        self.forward = torch.compile(self.model) if config.train.compile else self.model
+        self.forward = torch.compile(self.parallel) if config.train.compile else self.parallel
         self.sampler = BatchSampler(
             self.corpus.train,
             model_config.block_size,
             config.train.batch_size,
             config.train.seed,
             self.device,
+            rank=world.rank,
+            world_size=world.size,
         )
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.skipped = 0  # batches skipped for a non-finite loss (train.skip_nonfinite)
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit
-        if resume:
-            self._restore(load_trainer_state(self.out_dir))
+        if state is not None:
+            self._restore(state)
+        self._seed_other_ranks()
 
     # -- saving and resuming -------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, model_state: dict, optimizer_state: dict) -> dict[str, Any]:
         """The resumable snapshot. It holds the weights too: trainer.pt is replaced in one
         atomic rename, so weights, optimizer, RNG and data position always belong together."""
         return {
-            "model": self.model.state_dict(),
+            "model": model_state,
             "step": self.step,
             "elapsed": self.elapsed,
             "best_val": self.best_val,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
+            "optimizer_kind": self.config.train.optimizer,
             "sampler": self.sampler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "scaler": self.scaler.state_dict(),
         }
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _check_snapshot_step(self, state: dict[str, Any]) -> None:
         weights_step = checkpoint_step(self.out_dir)
-        if weights_step is not None and weights_step != state["step"]:
+        if weights_step is not None and weights_step != state["step"] and self.world.is_main:
             print(
                 f"qkv: {self.out_dir}/{MODEL_FILE} is from step {weights_step} and "
                 f"{TRAINER_FILE} from step {state['step']} (a save was cut short); resuming "
                 f"from the complete snapshot of step {state['step']} in {TRAINER_FILE}",
                 file=sys.stderr,
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Everything but the weights (already loaded): optimizer, data position, RNG, clock."""
+        saved_kind = state.get("optimizer_kind", "adamw")  # runs from before Muon used AdamW
+        if saved_kind != self.config.train.optimizer:
+            raise QkvError(
+                f"the run in {self.out_dir} was trained with train.optimizer={saved_kind}; "
+                f"resume it with that optimizer, not {self.config.train.optimizer}"
+            )
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.elapsed, self.best_val = state["step"], state["elapsed"], state["best_val"]
 
+    def _seed_other_ranks(self) -> None:
+        """Dropout masks of their own for ranks other than 0; rank 0 keeps the run's stream
+        (the one trainer.pt saves), so a single process is unchanged."""
+        if self.world.rank > 0:
+            torch.manual_seed(self.config.train.seed + 1_000_003 * self.world.rank + self.step)
+
     def save(self) -> None:
-        """Write the run directory: everything `--resume` needs (never non-finite weights)."""
+        """Write the run directory: everything `--resume` needs (never non-finite weights).
+
+        In a job every rank calls it (a sharded model is gathered to rank 0); rank 0 writes.
+        """
         self._check_finite_weights()
-        save_checkpoint(self.out_dir, self.model, self.config, self.corpus.tokenizer, self._state())
+        fsdp = self.config.train.fsdp
+        model_state, optimizer_state = distributed.full_state(self.model, self.optimizer, fsdp)
+        if self.world.is_main:
+            model = self._whole_model(model_state) if fsdp else self.model
+            state = self._state(model_state, optimizer_state)
+            save_checkpoint(self.out_dir, model, self.config, self.corpus.tokenizer, state)
 
     def save_best(self) -> None:
         """Write the best-val model to run_dir/best (weights, config, tokenizer: for sampling)."""
-        save_checkpoint(self.out_dir / BEST_DIR, self.model, self.config, self.corpus.tokenizer)
+        model = self.model
+        if self.config.train.fsdp:
+            model_state = distributed.full_state(self.model, self.optimizer, True)[0]
+            model = self._whole_model(model_state) if self.world.is_main else None
+        if self.world.is_main:
+            save_checkpoint(self.out_dir / BEST_DIR, model, self.config, self.corpus.tokenizer)
+
+    def _whole_model(self, model_state: dict[str, torch.Tensor]) -> GPT:
+        """An unsharded copy of the model on the CPU, from a full state dict (for saving)."""
+        with torch.random.fork_rng(devices=[]):  # building it must not move the run's RNG
+            model = GPT(self.config.model)
+        model.load_state_dict(model_state)
+        return model
 
     def _log_metrics(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         path = self.out_dir / METRICS_FILE
         try:
             with open(path, "a", encoding="utf-8") as handle:
@@ -270,8 +349,9 @@ class Trainer:
         )
 
     def _check_finite_weights(self) -> None:
-        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()])
-        if not bool(finite.all()):
+        params = self.model.parameters()
+        finite = torch.stack([distributed.local(p.detach()).isfinite().all() for p in params])
+        if not distributed.all_ranks(bool(finite.all()), self.world, self.device):
             raise self._nonfinite_error("the weights became NaN or inf")
 
     def _on_stop_signal(self, signum: int, frame: object) -> None:
@@ -307,8 +387,9 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
+        """The job's tokens per optimizer step: batch_size is per rank and micro-step."""
         cfg = self.config.train
-        return cfg.batch_size * cfg.grad_accum * self.config.model.block_size
+        return cfg.batch_size * cfg.grad_accum * self.world.size * self.config.model.block_size
 
     def _time_is_up(self) -> bool:
         max_time = self.config.train.max_time
@@ -321,17 +402,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for _ in range(cfg.grad_accum):
+        for micro_step in range(cfg.grad_accum):
             x, y = self.sampler.next_batch()
-            with autocast(self.device):
+            # in a job, gradients are averaged over the ranks once, on the last micro-step
+            last = micro_step == cfg.grad_accum - 1
+            with distributed.gradient_sync(self.parallel, last), autocast(self.device):
                 _, loss = self.forward(x, y)
-            self.scaler.scale(loss / cfg.grad_accum).backward()  # scale() is 1 unless fp16
+                self.scaler.scale(loss / cfg.grad_accum).backward()  # scale() is 1 unless fp16
             total += loss.detach()
         norm = None
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        if cfg.skip_nonfinite and not _all_finite(total, norm):
+            norm = distributed.replicated(norm)
+        finite = cfg.skip_nonfinite and _all_finite(total, norm)
+        if cfg.skip_nonfinite and not distributed.all_ranks(finite, self.world, self.device):
             self._skip_batch(total.item() / cfg.grad_accum)
             return total / cfg.grad_accum
         self.scaler.step(self.optimizer)  # with fp16, skips the step if gradients overflowed
@@ -346,16 +431,28 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped += 1
         self.step += 1
-        tqdm.write(f"qkv: step {self.step}: the loss is {loss}; skipped the batch")
+        if self.world.is_main:
+            tqdm.write(f"qkv: step {self.step}: the loss is {loss}; skipped the batch")
 
     def fit(self) -> TrainResult:
         """Train until max_steps or max_time; SIGINT/SIGTERM save and stop between steps."""
         self.stop_signal = None
         with self._stop_signals_deferred():
             result = self._fit()
-            if self.stop_signal is not None:  # it came during the final evaluation and save
-                raise self._stop(self.stop_signal)
+            stop = self._agree_on_clock_and_stop()
+            if stop is not None:  # it came during the final evaluation and save
+                raise self._stop(stop)
         return result
+
+    def _agree_on_clock_and_stop(self) -> int | None:
+        """-> the signal to stop on, if any rank got one: all ranks stop at the same step.
+
+        In a job, every rank also takes the slowest rank's clock, so the learning rate and the
+        time limit agree. A signal that comes during this collective waits for the next one.
+        """
+        local = self.stop_signal or 0
+        self.elapsed, signum = distributed.largest([self.elapsed, local], self.world, self.device)
+        return int(signum) or None
 
     def _fit(self) -> TrainResult:
         cfg = self.config.train
@@ -367,12 +464,14 @@ class Trainer:
             loss = self.train_step()
             self.elapsed = start_elapsed + time.perf_counter() - start
             if self.step % cfg.log_interval == 0 or self.step == cfg.max_steps:
-                self._log_step(loss.item(), bar, start, start_step)
+                loss_value = distributed.mean(loss.item(), self.world, self.device)
+                self._log_step(loss_value, bar, start, start_step)
             if self.step % cfg.eval_interval == 0:
                 losses = self._evaluate_and_save(bar)
-            if self.stop_signal is not None:
+            stop = self._agree_on_clock_and_stop()
+            if stop is not None:
                 bar.close()
-                raise self._stop(self.stop_signal)
+                raise self._stop(stop)
         bar.close()
         if self.step % cfg.eval_interval != 0 or math.isnan(losses["val"]):
             losses = self._evaluate_and_save(bar)
@@ -384,11 +483,17 @@ class Trainer:
         )
 
     def _announce(self) -> None:
+        if not self.world.is_main:
+            return
+        job = ""
+        if self.world.launched:
+            sharded = ", sharded with FSDP" if self.config.train.fsdp else ""
+            job = f", {self.world.size} processes{sharded}"
         millions = self.model.num_params() / 1e6
         tqdm.write(
             f"qkv: {millions:.2f}M parameters, {len(self.corpus.train):,} train and "
             f"{len(self.corpus.val):,} val tokens, vocab {self.corpus.tokenizer.vocab_size}, "
-            f"device {self.device.type}, run dir {self.out_dir}"
+            f"device {self.device.type}{job}, run dir {self.out_dir}"
         )
 
     def _log_step(self, loss: float, bar: tqdm, start: float, start_step: int) -> None:
@@ -416,7 +521,7 @@ class Trainer:
         self._log_metrics(record)
 
     def _evaluate_and_save(self, bar: tqdm) -> dict[str, float]:
-        losses = estimate_loss(self.model, self.corpus, self.config, self.device)
+        losses = estimate_loss(self.model, self.corpus, self.config, self.device, self.world)
         if not (math.isfinite(losses["val"]) and math.isfinite(losses["train"])):
             raise self._nonfinite_error(f"the val loss became {losses['val']}")
         improved = losses["val"] < self.best_val
@@ -430,9 +535,10 @@ class Trainer:
                 "val_loss": losses["val"],
             }
         )
-        bar.write(
-            f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-        )
+        if self.world.is_main:
+            bar.write(
+                f"step {self.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+            )
         self.save()
         if improved:
             self.save_best()
@@ -496,6 +602,28 @@ def train(
     """
     from qkv.viz.curves import plot_after_training  # before the run, never after it
 
-    result = Trainer(config, resume=resume, progress=progress, init_from=init_from).fit()
-    plot_after_training(result.out_dir)  # curves.png; a failure to draw only warns
+    world = distributed.world_from_env()
+    device = distributed.rank_device(resolve_device(config.train.device), world)
+    with distributed.process_group(world, device, config.train.dist_timeout):
+        try:
+            result = _fit_once(config, resume, progress, init_from, world)
+        except RuntimeError as exc:
+            if not (world.launched and distributed.is_peer_failure(exc)):
+                raise
+            reason = distributed.short_reason(exc)
+            raise JobBroken(
+                f"rank {world.rank}: lost the other processes of the job ({reason}); the last "
+                f"checkpoint in {config.train.out_dir} is whole: resume it with --resume"
+            ) from None
+    if world.is_main:
+        plot_after_training(result.out_dir)  # curves.png; a failure to draw only warns
     return result
+
+
+def _fit_once(
+    config: RunConfig, resume: bool, progress: bool, init_from: str | Path | None, world: World
+) -> TrainResult:
+    """A Trainer that is gone when this returns: its DDP or FSDP state must be freed before
+    the process group it uses is destroyed (the other way round can hang at exit)."""
+    trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from, world=world)
+    return trainer.fit()

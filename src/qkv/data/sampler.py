@@ -20,6 +20,12 @@ class BatchSampler:
 
     The generator's state is the data position: saving and restoring it makes a resumed run
     draw exactly the batches the uninterrupted run would have drawn.
+
+    In a job of `world_size` processes every rank draws the same global batch of
+    world_size x batch_size window starts from the same stream and keeps its own slice, rows
+    [rank x B, (rank + 1) x B): the ranks see different windows, together exactly the ones one
+    process with batch world_size x B would see, and the data position is one generator state
+    whatever the world size (a run may resume with another).
     """
 
     def __init__(
@@ -29,17 +35,23 @@ class BatchSampler:
         batch_size: int,
         seed: int,
         device: torch.device | str = "cpu",
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.ids = ids
         self.block_size = block_size
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         """-> inputs (B, T) and targets (B, T), int64, on the sampler's device."""
         t = self.block_size
-        starts = torch.randint(len(self.ids) - t, (self.batch_size,), generator=self.generator)
+        size = (self.world_size * self.batch_size,)
+        starts = torch.randint(len(self.ids) - t, size, generator=self.generator)
+        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = np.stack([self.ids[s : s + t + 1] for s in starts.tolist()])  # (B, T + 1)
         batch = torch.from_numpy(windows.astype(np.int64))
         if self.device.type == "cuda":
