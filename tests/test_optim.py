@@ -117,7 +117,7 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_loading_an_adamw_state_into_muon_is_one_clear_error():
     model = small_gpt()
-    adamw = make_optimizer(model, TrainConfig(), CPU)
+    adamw = make_optimizer(model, TrainConfig(optimizer="adamw"), CPU)
     muon = make_optimizer(model, muon_config(), CPU)
     with pytest.raises(QkvError, match="optimizer"):
         muon.load_state_dict(adamw.state_dict())

@@ -87,7 +87,8 @@ def test_gpt_overfits_one_fixed_batch_with_the_trainers_optimizer():
 
 def test_adamw_decays_matrices_only_and_holds_every_parameter_once():
     model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32))
-    optimizer = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    cfg = TrainConfig(optimizer="adamw", weight_decay=0.1)
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     assert isinstance(optimizer, torch.optim.AdamW)
     grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
     assert len(grouped) == len(set(grouped))  # no parameter twice (the tied lm_head included)

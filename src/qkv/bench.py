@@ -234,7 +234,7 @@ def flops_per_token(config: GPTConfig, n_params: int) -> int:
 
 def _step_fn(model: nn.Module, x: Tensor, y: Tensor, is_hf: bool) -> Callable[[], None]:
     """One training step; both sides take the same cross-entropy of their logits."""
-    optimizer = make_optimizer(model, TrainConfig(), x.device)
+    optimizer = make_optimizer(model, TrainConfig(optimizer="adamw"), x.device)
 
     def step() -> None:
         logits = model(input_ids=x, use_cache=False).logits if is_hf else model(x)[0]
