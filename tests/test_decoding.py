@@ -23,8 +23,10 @@ class TableSession:
         self.prefixes: list[tuple[int, ...]] = [() for _ in range(rows)]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        fed = [t for t in tokens[:, 0].tolist()]
-        self.prefixes = [p if t == BOS_ID else (*p, t) for p, t in zip(self.prefixes, fed)]
+        fed = tokens[:, 0].tolist()
+        self.prefixes = [
+            p if t == BOS_ID else (*p, t) for p, t in zip(self.prefixes, fed, strict=True)
+        ]
         probs = torch.tensor([self.table(p) for p in self.prefixes], dtype=torch.float64)
         return probs.log()  # (N, V): logits whose softmax is the table
 

@@ -56,8 +56,8 @@ def copy_config(tmp_path, **values) -> Seq2SeqRunConfig:
         "model.n_head": 4, "model.d_ff": 128, "model.dropout": 0.0, "model.max_len": 16,
         "data.source": "copy", "data.n_train": 3000, "data.n_val": 50, "data.n_test": 100,
         "data.synthetic_len": 5, "train.out_dir": str(tmp_path / "copy"), "train.max_time": 0.0,
-        "train.max_steps": 300, "train.batch_size": 32, "train.warmup_steps": 50,
-        "train.lr_scale": 1.0, "train.eval_interval": 300, "train.eval_examples": 50,
+        "train.max_steps": 400, "train.batch_size": 64, "train.warmup_steps": 100,
+        "train.lr_scale": 0.3, "train.eval_interval": 400, "train.eval_examples": 50,
         "train.device": "cpu", "train.seed": 0, "train.log_interval": 50,
     }  # fmt: skip
     settings.update(values)
@@ -73,7 +73,7 @@ def test_the_copy_task_is_learned_to_100_percent_in_a_short_cpu_run(tmp_path):
     test = encode_pairs(data_splits(trainer.config).test, trainer.tokenizer, 16, "copy")
     src, _, _ = collate(test)
     outputs = greedy_decode(trainer.model.eval(), src)
-    assert [o == t for o, (_, t) in zip(outputs, test)] == [True] * len(test)
+    assert [o == t for o, (_, t) in zip(outputs, test, strict=True)] == [True] * len(test)
     assert result.val_exact_match == 1.0
     assert math.isfinite(result.val_loss)
 

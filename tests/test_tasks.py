@@ -131,7 +131,9 @@ def test_batches_resume_at_the_same_position():
     second = LengthBatches(examples, batch_size=4, seed=1)
     second.load_state_dict(first.state_dict())
     for _ in range(5):
-        assert all((a == b).all() for a, b in zip(first.next_batch(), second.next_batch()))
+        assert all(
+            (a == b).all() for a, b in zip(first.next_batch(), second.next_batch(), strict=True)
+        )
 
 
 def test_seq2seq_tokenizer_round_trips_and_rejects_unknown_characters(tmp_path):

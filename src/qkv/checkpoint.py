@@ -168,7 +168,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT
 
 
 def checkpoint_kind(directory: str | Path) -> str:
-    """"seq2seq" for an encoder-decoder checkpoint, "gpt" otherwise (by config.json's kind)."""
+    """ "seq2seq" for an encoder-decoder checkpoint, "gpt" otherwise (by config.json's kind)."""
     from qkv.config import read_json_config
 
     path = Path(directory) / CONFIG_FILE
