@@ -56,8 +56,8 @@ def copy_config(tmp_path, **values) -> Seq2SeqRunConfig:
         "model.n_head": 4, "model.d_ff": 128, "model.dropout": 0.0, "model.max_len": 16,
         "data.source": "copy", "data.n_train": 3000, "data.n_val": 50, "data.n_test": 100,
         "data.synthetic_len": 5, "train.out_dir": str(tmp_path / "copy"), "train.max_time": 0.0,
-        "train.max_steps": 400, "train.batch_size": 64, "train.warmup_steps": 100,
-        "train.lr_scale": 0.3, "train.eval_interval": 400, "train.eval_examples": 50,
+        "train.max_steps": 600, "train.batch_size": 64, "train.warmup_steps": 100,
+        "train.lr_scale": 0.3, "train.eval_interval": 600, "train.eval_examples": 50,
         "train.device": "cpu", "train.seed": 0, "train.log_interval": 50,
     }  # fmt: skip
     settings.update(values)

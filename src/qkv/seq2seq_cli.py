@@ -189,7 +189,10 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval_seq2seq(args: argparse.Namespace) -> int:
-    """exact_match, BLEU and chrF (sacrebleu) on the test split, or on every pair of --data."""
+    """exact_match, BLEU and chrF (sacrebleu) on the test split, or on every pair of --data.
+
+    BLEU counts character n-grams for a character-level model (sacrebleu's "char"
+    tokenisation) and words (its default "13a") for a BPE one."""
     import sacrebleu
 
     from qkv.checkpoint import load_seq2seq_checkpoint
@@ -204,7 +207,9 @@ def cmd_eval_seq2seq(args: argparse.Namespace) -> int:
     hypotheses = translate_texts(model, tokenizer, [s for s, _ in pairs], args.beam, args.alpha)
     references = [t for _, t in pairs]
     exact = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(pairs)
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
+    # one-word outputs (a date, a number) have no 4-grams of words: count characters then
+    bleu_tokens = "char" if config.data.tokenizer == "char" else "13a"
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=bleu_tokens).score
     chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
     print(f"exact_match={exact:.4f} bleu={bleu:.2f} chrf={chrf:.2f} examples={len(pairs)}")
     return 0

@@ -41,6 +41,13 @@ from qkv.seq2seq_config import PAD_ID, Seq2SeqConfig
 AttentionMaps = dict[str, list[Tensor]]
 
 
+def _final_norm(config: Seq2SeqConfig) -> nn.Module:
+    """A post-norm stack already ends in a norm; a pre-norm one needs a last one."""
+    if config.norm == "pre":
+        return make_norm(config.norm_type, config.n_embd, config.bias)
+    return nn.Identity()
+
+
 class Seq2SeqTransformer(nn.Module):
     """Encoder, decoder, and the shared embedding; see the module docstring."""
 
@@ -69,13 +76,7 @@ class Seq2SeqTransformer(nn.Module):
         self.decoder = nn.ModuleList(
             DecoderBlock(c.n_embd, c.n_head, c.d_ff, **options) for _ in range(c.n_decoder_layer)
         )
-        # a post-norm stack already ends in a norm; a pre-norm one needs a last one
-        self.encoder_norm = (
-            make_norm(c.norm_type, c.n_embd, c.bias) if c.norm == "pre" else nn.Identity()
-        )
-        self.decoder_norm = (
-            make_norm(c.norm_type, c.n_embd, c.bias) if c.norm == "pre" else nn.Identity()
-        )
+        self.encoder_norm, self.decoder_norm = _final_norm(c), _final_norm(c)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tgt_embed.weight  # logits = y E^T
