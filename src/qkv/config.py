@@ -185,9 +185,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def sections(cls) -> dict[str, type]:
+        """{table name: its dataclass}; a subclass with other tables overrides this."""
+        return _sections()
+
+    @classmethod
     def from_dict(cls, tree: dict[str, Any], origin: str = "config") -> RunConfig:
         """Build from nested dicts, rejecting unknown tables and keys and wrong types."""
-        sections = _sections(cls)
+        sections = cls.sections()
         unknown = set(tree) - set(sections)
         if unknown:
             name = sorted(unknown)[0]
@@ -204,7 +209,7 @@ class RunConfig:
         """Apply `key=value` strings: `model.n_layer=6`, or a bare key that is unambiguous."""
         values = {}
         for item in overrides:
-            section, key, raw = _parse_override(item, _sections(type(self)))
+            section, key, raw = _parse_override(item, self.sections())
             values[f"{section}.{key}"] = _parse_value(raw)
         return self.with_values(values)
 
@@ -220,9 +225,8 @@ class RunConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-def _sections(root: type = RunConfig) -> dict[str, type]:
-    """The tables of a run config class (RunConfig, or another with the same layout)."""
-    return {f.name: f.default_factory for f in fields(root)}  # type: ignore[misc]
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in fields(RunConfig)}  # type: ignore[misc]
 
 
 def _field_types(section_cls: type) -> dict[str, type]:

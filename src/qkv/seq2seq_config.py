@@ -154,6 +154,10 @@ class Seq2SeqRunConfig(RunConfig):
         return {"kind": SEQ2SEQ_KIND, **dataclasses.asdict(self)}
 
     @classmethod
+    def sections(cls) -> dict[str, type]:
+        return {f.name: f.default_factory for f in dataclasses.fields(cls)}  # type: ignore[misc]
+
+    @classmethod
     def from_dict(cls, tree: dict[str, Any], origin: str = "config") -> Seq2SeqRunConfig:
         tree = dict(tree)
         kind = tree.pop("kind", SEQ2SEQ_KIND)
