@@ -142,3 +142,15 @@ def test_help_lists_translate(cli, capsys):
     from qkv.cli import build_parser
 
     assert "translate" in build_parser().format_help()
+
+
+def test_a_bpe_vocabulary_trains_and_translates_any_text(cli, tmp_path):
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{w} {w}\t{w}\n" for w in ["one", "two", "three", "four"] * 10))
+    out = tmp_path / "bpe"
+    args = ["--data", pairs, "--out", out, "--tokenizer", "bpe", "--vocab-size", "300"]
+    result = cli("train", "--model", "seq2seq", *args, *TINY_SEQ2SEQ, "--max-steps", "2")
+    assert result.code == 0, result.err
+    translated = cli("translate", "--checkpoint", out, "--beam", "2", "fünf €")  # unseen text
+    assert translated.code == 0, translated.err
+    assert len(translated.out.splitlines()) == 1
