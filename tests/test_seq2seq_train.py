@@ -89,3 +89,21 @@ def test_resuming_continues_exactly_where_the_run_stopped(tmp_path):
     resumed.fit()
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_the_final_model_averages_the_last_snapshots(tmp_path):
+    from qkv.checkpoint import load_trainer_state
+
+    values = {"train.max_steps": 6, "train.average_every": 2, "train.average_last": 2}
+    averaged = Seq2SeqTrainer(copy_config(tmp_path, **values), progress=False)
+    averaged.fit()
+    values.update({"train.average_last": 0, "train.out_dir": str(tmp_path / "plain")})
+    plain = Seq2SeqTrainer(copy_config(tmp_path, **values), progress=False)
+    weights = {}
+    for step in range(1, 7):
+        plain.train_step()
+        weights[step] = {k: v.clone() for k, v in plain.model.state_dict().items()}
+    trained = load_trainer_state(averaged.out_dir)["model"]
+    for name, value in averaged.model.state_dict().items():
+        torch.testing.assert_close(value, (weights[4][name] + weights[6][name]) / 2)
+        torch.testing.assert_close(trained[name], weights[6][name])  # what --resume goes on from

@@ -122,6 +122,8 @@ class Seq2SeqTrainConfig:
     beta2: float = 0.98
     eps: float = 1e-9
     grad_clip: float = 1.0  # 0: no clipping (the paper does not clip)
+    average_last: int = 5  # the final model averages this many snapshots (0 or 1: none)
+    average_every: int = 100  # steps between snapshots
     eval_interval: int = 500
     eval_examples: int = 200  # val pairs decoded greedily for exact match at each eval
     log_interval: int = 20
@@ -130,8 +132,8 @@ class Seq2SeqTrainConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "max_steps", "batch_size", "lr_scale", "eps")
-        _check_positive(self, "eval_interval", "eval_examples", "log_interval")
-        for name in ("max_time", "warmup_steps", "grad_clip"):
+        _check_positive(self, "eval_interval", "eval_examples", "log_interval", "average_every")
+        for name in ("max_time", "warmup_steps", "grad_clip", "average_last"):
             if getattr(self, name) < 0:
                 raise QkvError(f"train.{name} must not be negative, got {getattr(self, name)}")
         if self.warmup_steps == 0:

@@ -10,7 +10,10 @@ improves accuracy and BLEU (paper, section 5.4). It is torch's `cross_entropy` w
 `label_smoothing`, which computes exactly
     loss_t = (1 - eps) * (-log p(y_t)) + eps * mean_k(-log p(k)).
 The learning rate rises linearly for `warmup` steps and then decays as 1 / sqrt(step);
-`scale` (1 in the paper) lets a small model on a short run take larger steps.
+`scale` (1 in the paper) sets the size of the steps for other models and run lengths. The
+final model is the average of the weights at the last `average_last` multiples of
+`average_every` steps and at the end (section 6.1 averages the last 5 checkpoints), which
+smooths out the noise of the last updates.
 
 The run directory is a checkpoint like a GPT run's (config.json with "kind": "seq2seq",
 model.safetensors, tokenizer.json, trainer.pt, metrics.jsonl), saved at every eval and at
@@ -136,6 +139,8 @@ class Seq2SeqTrainer:
         )
         self.batches = LengthBatches(self.train_examples, cfg.batch_size, cfg.seed)
         self.step, self.elapsed = 0, 0.0
+        self.snapshots: list[dict[str, Tensor]] = []  # the last weights, for averaging
+        self.raw_weights: dict[str, Tensor] | None = None  # the trained weights, once averaged
         self.stop_signal: int | None = None
         if resume:
             self._restore(load_trainer_state(self.out_dir))
@@ -144,7 +149,8 @@ class Seq2SeqTrainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.raw_weights or self.model.state_dict(),
+            "snapshots": self.snapshots,
             "step": self.step,
             "elapsed": self.elapsed,
             "optimizer": self.optimizer.state_dict(),
@@ -157,6 +163,7 @@ class Seq2SeqTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         torch.set_rng_state(state["torch_rng"])
+        self.snapshots = list(state.get("snapshots", []))
         self.step, self.elapsed = state["step"], state["elapsed"]
 
     def save(self) -> None:
@@ -283,23 +290,43 @@ class Seq2SeqTrainer:
         while self.step < cfg.max_steps and not self._time_is_up():
             loss = self.train_step()
             self.elapsed = start_elapsed + time.perf_counter() - start
+            if self.step % cfg.average_every == 0:
+                self._take_snapshot()
             if self.step % cfg.log_interval == 0:
                 self._log_step(float(loss), bar)
             if self.step % cfg.eval_interval == 0:
                 metrics = self._evaluate_and_save(bar)
-                start, start_elapsed = (
-                    time.perf_counter(),
-                    self.elapsed,
-                )  # eval time is not training time
+                # evaluating and saving is not training time
+                start, start_elapsed = time.perf_counter(), self.elapsed
             if self.stop_signal is not None:
                 bar.close()
                 raise self._stop(self.stop_signal)
         bar.close()
-        if not metrics or self.step % cfg.eval_interval != 0:
+        averaged = self._average_snapshots()
+        if averaged or not metrics or self.step % cfg.eval_interval != 0:
             metrics = self._evaluate_and_save(bar)
         return Seq2SeqTrainResult(
             self.out_dir, self.step, metrics["val_loss"], metrics["val_exact_match"], self.elapsed
         )
+
+    def _take_snapshot(self) -> None:
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.snapshots = [*self.snapshots, weights][-self.config.train.average_last :]
+
+    def _average_snapshots(self) -> bool:
+        """Replace the weights by the mean of the last `average_last` snapshots (the paper,
+        section 6.1: "averaging the last 5 checkpoints"); the trained weights stay in
+        trainer.pt, so a resumed run goes on from them. False if there is nothing to average."""
+        if self.config.train.average_last < 2 or not self.snapshots:
+            return False
+        if self.step % self.config.train.average_every != 0:
+            self._take_snapshot()  # the final weights count too
+        if len(self.snapshots) < 2:
+            return False
+        self.raw_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        mean = {k: torch.stack([s[k] for s in self.snapshots]).mean(0) for k in self.raw_weights}
+        self.model.load_state_dict(mean)
+        return True
 
     def _log_step(self, loss: float, bar: tqdm) -> None:
         if not math.isfinite(loss):
