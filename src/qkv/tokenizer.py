@@ -32,6 +32,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from qkv.config import read_json_config
 from qkv.errors import QkvError
+from qkv.seq2seq_config import SPECIAL_TOKENS
 
 TOKENIZER_KINDS = ("char", "bpe")  # or a directory with a pretrained tokenizer
 DEFAULT_BPE_VOCAB = 1024
@@ -335,8 +336,6 @@ class Seq2SeqTokenizer:
     kind = "seq2seq"
 
     def __init__(self, base: CharTokenizer | BPETokenizer) -> None:
-        from qkv.seq2seq_config import SPECIAL_TOKENS
-
         self.base = base
         self.specials = SPECIAL_TOKENS
         self.offset = len(SPECIAL_TOKENS)
