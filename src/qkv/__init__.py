@@ -8,7 +8,7 @@
 Where each idea of the notes (../shared/seed/self-attention-notes.md) lives:
 `qkv.attention` (scores, scaling, softmax, masks, multi-head attention), `qkv.positional`
 (positional encodings), `qkv.blocks` (feed-forward network, residuals, LayerNorm),
-`qkv.models.gpt` (the decoder-only model).
+`qkv.models.gpt` (the decoder-only model), `qkv.models.seq2seq` (the encoder-decoder).
 """
 
 from qkv.attention import (
@@ -23,11 +23,13 @@ from qkv.checkpoint import load
 from qkv.config import DataConfig, GPTConfig, RunConfig, TrainConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
+from qkv.models.seq2seq import Seq2SeqTransformer
 from qkv.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
     SinusoidalPositionalEncoding,
 )
+from qkv.seq2seq_config import Seq2SeqConfig
 from qkv.tokenizer import BPETokenizer, CharTokenizer
 
 __version__ = "0.1.0"
@@ -47,6 +49,8 @@ __all__ = [
     "QkvError",
     "RotaryEmbedding",
     "RunConfig",
+    "Seq2SeqConfig",
+    "Seq2SeqTransformer",
     "SinusoidalPositionalEncoding",
     "SwiGLUFeedForward",
     "TrainConfig",

@@ -253,3 +253,56 @@ class MultiHeadAttention(nn.Module):
     def _merge_heads(x: Tensor) -> Tensor:
         b, h, t, d = x.shape
         return x.transpose(1, 2).reshape(b, t, h * d)  # (B, T, C): Concat(head_1..head_H)
+
+
+def reorder_cache(cache: KVCache, order: Tensor) -> None:
+    """Keep row order[i] of the cached keys and values as row i (B, H_kv, T, D).
+
+    Beam search reorders its hypotheses at every step; each new hypothesis extends one of the
+    old ones, whose keys and values it inherits.
+    """
+    if cache.k is not None:
+        cache.k = cache.k.index_select(0, order)
+        cache.v = cache.v.index_select(0, order)
+
+
+class CrossAttention(MultiHeadAttention):
+    """Encoder-decoder attention: queries from the decoder, keys and values from the source.
+
+    The same module and weights as `MultiHeadAttention(x, context=memory)`, split in two so
+    that a decoder generating one token at a time projects the encoder's output to keys and
+    values once (`project_memory`) and reuses them at every step (paper, section 3.2.3).
+    """
+
+    def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """memory: (B, S, C) -> keys and values (B, H_kv, S, D) each."""
+        n_embd = memory.size(-1)
+        w_kv = self.c_attn.weight[n_embd:]
+        b_kv = None if self.c_attn.bias is None else self.c_attn.bias[n_embd:]
+        k, v = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)  # (B, S, H_kv D) twice
+        return self._split_heads(k), self._split_heads(v)
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        memory_kv: tuple[Tensor, Tensor],
+        *,
+        mask: Tensor | None = None,
+        return_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """x: (B, T, C) decoder states; memory_kv from `project_memory`; mask (B, 1, 1, S).
+
+        Returns (B, T, C), and the weights (B, H, T, S) when `return_weights`.
+        """
+        n_embd = x.size(-1)
+        w_q = self.c_attn.weight[:n_embd]
+        b_q = None if self.c_attn.bias is None else self.c_attn.bias[:n_embd]
+        q = self._split_heads(F.linear(x, w_q, b_q))  # (B, H, T, D)
+        k, v = (self._share_kv_heads(t) for t in memory_kv)  # (B, H, S, D)
+        dropout_p = self.dropout if self.training else 0.0
+        result = scaled_dot_product_attention(
+            q, k, v, mask, dropout_p=dropout_p, return_weights=return_weights
+        )
+        out, weights = result if return_weights else (result, None)
+        out = self.resid_dropout(self.c_proj(self._merge_heads(out)))  # (B, T, C)
+        return (out, weights) if return_weights else out

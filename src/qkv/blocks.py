@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention import KVCache, MultiHeadAttention
+from qkv.attention import CrossAttention, KVCache, MultiHeadAttention
 
 ACTIVATIONS = ("relu", "gelu", "swiglu")
 NORM_PLACEMENTS = ("pre", "post")
@@ -188,3 +188,134 @@ def make_block(norm: str, n_embd: int, n_head: int, **kwargs) -> PreNormBlock:
     if norm == "post":
         return PostNormBlock(n_embd, n_head, **kwargs)
     raise ValueError(f"unknown norm placement {norm!r}; choose one of {NORM_PLACEMENTS}")
+
+
+# -- the encoder-decoder's blocks (the paper, section 3.1) -----------------------------------
+
+
+def _with_weights(result: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    return result if isinstance(result, tuple) else (result, None)
+
+
+class PreNormResidual(nn.Module):
+    """x + Sublayer(LN(x)): the norm inside the residual branch (GPT-2, Xiong et al., 2020)."""
+
+    def __init__(self, norm_type: str, n_embd: int, bias: bool = True) -> None:
+        super().__init__()
+        self.norm = make_norm(norm_type, n_embd, bias)
+
+    def forward(self, x: Tensor, sublayer) -> tuple[Tensor, Tensor | None]:
+        """`sublayer` maps (B, T, C) to (B, T, C), or to (output, attention weights)."""
+        out, weights = _with_weights(sublayer(self.norm(x)))
+        return x + out, weights
+
+
+class PostNormResidual(PreNormResidual):
+    """LN(x + Sublayer(x)): the paper's layout (section 3.1)."""
+
+    def forward(self, x: Tensor, sublayer) -> tuple[Tensor, Tensor | None]:
+        out, weights = _with_weights(sublayer(x))
+        return self.norm(x + out), weights
+
+
+def make_residual(norm: str, norm_type: str, n_embd: int, bias: bool = True) -> PreNormResidual:
+    """The residual connection around one sub-layer, with the norm where the config says."""
+    if norm == "pre":
+        return PreNormResidual(norm_type, n_embd, bias)
+    if norm == "post":
+        return PostNormResidual(norm_type, n_embd, bias)
+    raise ValueError(f"unknown norm placement {norm!r}; choose one of {NORM_PLACEMENTS}")
+
+
+class EncoderBlock(nn.Module):
+    """Bidirectional self-attention, then the feed-forward network, each in a residual.
+
+        x = Residual(x, SelfAttention(., mask=source padding));  x = Residual(x, FFN)
+
+    Every source token attends to every real source token, before and after it.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        d_ff: int,
+        *,
+        norm: str = "post",
+        norm_type: str = "layernorm",
+        activation: str = "relu",
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(n_embd, n_head, bias=bias, dropout=dropout)
+        self.res_attn = make_residual(norm, norm_type, n_embd, bias)
+        self.mlp = FeedForward(n_embd, d_ff, activation=activation, bias=bias, dropout=dropout)
+        self.res_mlp = make_residual(norm, norm_type, n_embd, bias)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, *, return_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """x: (B, S, C), mask (B, 1, 1, S) -> (B, S, C), and the weights (B, H, S, S) or None."""
+        x, weights = self.res_attn(
+            x, lambda h: self.attn(h, mask=mask, return_weights=return_weights)
+        )
+        x, _ = self.res_mlp(x, self.mlp)
+        return x, weights
+
+
+class DecoderBlock(nn.Module):
+    """Causal self-attention, cross-attention over the source, then the feed-forward network.
+
+    y = Residual(y, SelfAttention(., causal))          each target token sees its past
+    y = Residual(y, CrossAttention(., memory, mask))   queries y, keys/values the source
+    y = Residual(y, FFN)
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        d_ff: int,
+        *,
+        norm: str = "post",
+        norm_type: str = "layernorm",
+        activation: str = "relu",
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.attn = MultiHeadAttention(n_embd, n_head, bias=bias, dropout=dropout)
+        self.res_attn = make_residual(norm, norm_type, n_embd, bias)
+        self.cross_attn = CrossAttention(n_embd, n_head, bias=bias, dropout=dropout)
+        self.res_cross = make_residual(norm, norm_type, n_embd, bias)
+        self.mlp = FeedForward(n_embd, d_ff, activation=activation, bias=bias, dropout=dropout)
+        self.res_mlp = make_residual(norm, norm_type, n_embd, bias)
+
+    def forward(
+        self,
+        y: Tensor,
+        memory_kv: tuple[Tensor, Tensor],
+        memory_mask: Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """y: (B, T, C); memory_kv: the source's keys and values from
+        `cross_attn.project_memory`; memory_mask (B, 1, 1, S); `cache` holds the earlier
+        target tokens' keys and values when decoding step by step.
+
+        Returns y (B, T, C) and, when asked, the self-attention weights (B, H, T, T_past + T)
+        and the cross-attention weights (B, H, T, S) (else None, None).
+        """
+        y, self_weights = self.res_attn(
+            y, lambda h: self.attn(h, causal=True, cache=cache, return_weights=return_weights)
+        )
+        y, cross_weights = self.res_cross(
+            y,
+            lambda h: self.cross_attn(
+                h, memory_kv, mask=memory_mask, return_weights=return_weights
+            ),
+        )
+        y, _ = self.res_mlp(y, self.mlp)
+        return y, self_weights, cross_weights

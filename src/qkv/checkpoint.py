@@ -122,8 +122,10 @@ def load_checkpoint(
 ) -> tuple[GPT, Tokenizer, RunConfig]:
     """Rebuild the model from config.json and fill it from model.safetensors."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise QkvError(f"checkpoint {directory} does not exist or is not a directory")
+    if checkpoint_kind(directory) == "seq2seq":
+        raise QkvError(
+            f"{directory} holds a seq2seq model: use qkv translate or qkv eval (or qkv.load)"
+        )
     config = config_from_json(directory / CONFIG_FILE)
     tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
     if config.model.vocab_size != tokenizer.vocab_size:
@@ -156,6 +158,55 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """Load a checkpoint directory -> (model in eval mode, tokenizer), ready to sample."""
+    """Load a checkpoint directory -> (model in eval mode, tokenizer), ready to sample
+    (a GPT) or to translate (a `Seq2SeqTransformer`, with `qkv.decoding`)."""
+    if checkpoint_kind(directory) == "seq2seq":
+        model, tokenizer, _ = load_seq2seq_checkpoint(directory, device)
+        return model.eval(), tokenizer
     model, tokenizer, _ = load_checkpoint(directory, device)
     return model.eval(), tokenizer
+
+
+def checkpoint_kind(directory: str | Path) -> str:
+    """ "seq2seq" for an encoder-decoder checkpoint, "gpt" otherwise (by config.json's kind)."""
+    from qkv.config import read_json_config
+
+    path = Path(directory) / CONFIG_FILE
+    if not Path(directory).is_dir():
+        raise QkvError(f"checkpoint {directory} does not exist or is not a directory")
+    tree = read_json_config(path, f"is {directory} a qkv checkpoint?")
+    return "seq2seq" if tree.get("kind") == "seq2seq" else "gpt"
+
+
+def load_seq2seq_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
+    """-> (Seq2SeqTransformer, Seq2SeqTokenizer, Seq2SeqRunConfig), like `load_checkpoint`."""
+    from qkv.config import read_json_config
+    from qkv.models.seq2seq import Seq2SeqTransformer
+    from qkv.seq2seq_config import Seq2SeqRunConfig
+
+    directory = Path(directory)
+    if checkpoint_kind(directory) != "seq2seq":
+        raise QkvError(f"{directory} holds a GPT, not a seq2seq model: use qkv sample")
+    path = directory / CONFIG_FILE
+    tree = read_json_config(path, f"is {directory} a qkv checkpoint?")
+    config = Seq2SeqRunConfig.from_dict(tree, origin=str(path))
+    tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
+    if config.model.vocab_size != tokenizer.vocab_size:
+        raise QkvError(
+            f"{directory}: config says vocab_size={config.model.vocab_size} but the tokenizer "
+            f"has {tokenizer.vocab_size} entries"
+        )
+    model = Seq2SeqTransformer(config.model)
+    _fill_weights(model, directory, device)
+    return model.to(device), tokenizer, config
+
+
+def _fill_weights(model: torch.nn.Module, directory: Path, device: str | torch.device) -> None:
+    weights = directory / MODEL_FILE
+    if not weights.exists():
+        raise QkvError(f"{weights} is missing: is {directory} a qkv checkpoint?")
+    try:
+        load_model(model, str(weights), strict=True, device=str(device))
+    except (RuntimeError, SafetensorError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QkvError(f"{weights} does not match its config.json: {first_line}") from None

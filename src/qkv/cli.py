@@ -12,11 +12,15 @@ from pathlib import Path
 
 import torch
 
-from qkv.checkpoint import CONFIG_FILE, METRICS_FILE, load_checkpoint
+from qkv import seq2seq_cli
+from qkv.checkpoint import CONFIG_FILE, METRICS_FILE, checkpoint_kind, load_checkpoint
 from qkv.config import RunConfig, config_from_json, load_config
 from qkv.errors import JobBroken, QkvError, TrainingInterrupted
 
-DESCRIPTION = "qkv: the Transformer from its equations up. Train, sample and evaluate GPTs."
+DESCRIPTION = (
+    "qkv: the Transformer from its equations up. Train, sample and evaluate GPTs; train and "
+    "run encoder-decoders."
+)
 
 
 def _debug_flag() -> argparse.ArgumentParser:
@@ -38,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_hf(verbs)
     _add_attention(verbs)
     _add_plot(verbs)
+    seq2seq_cli.add_translate(verbs, _debug_flag())
     return parser
 
 
@@ -108,6 +113,7 @@ def _add_train(verbs) -> None:
         "processes with FSDP2, for models too big for one GPU (train.fsdp=true)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seq2seq_cli.add_train_options(p)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(run=cmd_train)
 
@@ -144,6 +150,7 @@ def _add_eval(verbs) -> None:
     p.add_argument("--data", metavar="NAME|PATH", help="default: the data the model trained on")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    seq2seq_cli.add_eval_options(p)
     p.set_defaults(run=cmd_eval)
 
 
@@ -266,6 +273,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from qkv.distributed import is_main_process
     from qkv.train import train
 
+    if seq2seq_cli.wants_seq2seq(args):
+        return seq2seq_cli.cmd_train_seq2seq(args)
     config = train_config(args)
     out = Path(config.train.out_dir)
     if not args.resume and (out / CONFIG_FILE).exists():
@@ -325,6 +334,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qkv.evaluate import evaluate
     from qkv.train import resolve_device
 
+    if checkpoint_kind(args.checkpoint) == "seq2seq":
+        return seq2seq_cli.cmd_eval_seq2seq(args)
     if args.batch_size < 1:
         raise QkvError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, tokenizer, config = load_checkpoint(args.checkpoint, resolve_device(args.device))

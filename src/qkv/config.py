@@ -191,9 +191,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def sections(cls) -> dict[str, type]:
+        """{table name: its dataclass}; a subclass with other tables overrides this."""
+        return _sections()
+
+    @classmethod
     def from_dict(cls, tree: dict[str, Any], origin: str = "config") -> RunConfig:
         """Build from nested dicts, rejecting unknown tables and keys and wrong types."""
-        sections = _sections()
+        sections = cls.sections()
         unknown = set(tree) - set(sections)
         if unknown:
             name = sorted(unknown)[0]
@@ -210,7 +215,7 @@ class RunConfig:
         """Apply `key=value` strings: `model.n_layer=6`, or a bare key that is unambiguous."""
         values = {}
         for item in overrides:
-            section, key, raw = _parse_override(item)
+            section, key, raw = _parse_override(item, self.sections())
             values[f"{section}.{key}"] = _parse_value(raw)
         return self.with_values(values)
 
@@ -220,7 +225,7 @@ class RunConfig:
         for dotted, value in values.items():
             section, key = dotted.split(".", 1)
             tree[section][key] = value
-        return RunConfig.from_dict(tree, origin="override")
+        return type(self).from_dict(tree, origin="override")
 
     def save_json(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -269,12 +274,11 @@ def _coerce(name: str, value: Any, expected: type, origin: str) -> Any:
     )
 
 
-def _parse_override(item: str) -> tuple[str, str, str]:
+def _parse_override(item: str, sections: dict[str, type]) -> tuple[str, str, str]:
     if "=" not in item:
         raise QkvError(f"override {item!r} must look like key=value, e.g. model.n_layer=6")
     key, raw = item.split("=", 1)
     key = key.strip()
-    sections = _sections()
     if "." in key:
         section, name = key.split(".", 1)
         if section not in sections:
