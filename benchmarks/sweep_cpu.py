@@ -25,6 +25,8 @@ from pathlib import Path
 # name -> overrides on top of qkv's defaults
 CONFIGS: dict[str, list[str]] = {
     "defaults": [],
+    "adamw": ["train.optimizer=adamw"],
+    "muon": ["train.optimizer=muon"],
     "nanogpt-cpu": [
         "model.n_layer=4",
         "model.n_head=4",
@@ -117,7 +119,9 @@ def run(cmd: list[str]) -> str:
     return result.stdout
 
 
-def measure(name: str, overrides: list[str], data: str, max_time: float, root: Path) -> dict:
+def measure(
+    name: str, overrides: list[str], data: str, max_time: float, max_steps: int, root: Path
+) -> dict:
     out = root / name
     qkv = [sys.executable, "-m", "qkv"]
     train_out = run(
@@ -128,6 +132,8 @@ def measure(name: str, overrides: list[str], data: str, max_time: float, root: P
             data,
             "--max-time",
             str(max_time),
+            "--max-steps",
+            str(max_steps),
             "--out",
             str(out),
             "--overwrite",
@@ -143,6 +149,7 @@ def measure(name: str, overrides: list[str], data: str, max_time: float, root: P
         "name": name,
         "overrides": overrides,
         "max_time": max_time,
+        "max_steps": max_steps,
         "val_loss": val_loss,
         "tokens_per_s": tok_s,
         "steps": steps,
@@ -152,6 +159,12 @@ def measure(name: str, overrides: list[str], data: str, max_time: float, root: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-time", type=float, default=75.0)
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=1_000_000,
+        help="a step budget instead (with --max-time 0): compares recipes step for step",
+    )
     parser.add_argument("--data", default="tinyshakespeare")
     parser.add_argument("--only", nargs="*", help="names of the configurations to run")
     parser.add_argument("--log", default="sweep.jsonl", help="append each row here")
@@ -160,7 +173,7 @@ def main() -> None:
     print("| config | overrides | val loss | tokens/s | steps |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as root:
         for name in names:
-            row = measure(name, CONFIGS[name], args.data, args.max_time, Path(root))
+            row = measure(name, CONFIGS[name], args.data, args.max_time, args.max_steps, Path(root))
             print(
                 f"| {name} | {' '.join(row['overrides']) or '-'} | {row['val_loss']:.4f} "
                 f"| {row['tokens_per_s']:,.0f} | {row['steps']} |",

@@ -43,8 +43,11 @@ COMMON = [
     "train.decay_steps=6",
     "train.eval_interval=2",
     "train.max_time=0",
+    # AdamW: FSDP shards matrices, which Muon must see whole; Muon under DDP is tested below
+    "train.optimizer=adamw",
 ]
 TOLERANCE = 1e-5
+MUON_TOLERANCE = 1e-3
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -122,6 +125,14 @@ class Runs:
         self.outputs["ddp"] = result = self.torchrun(2, *self._fresh(out), f"train.batch_size={B}")
         assert result.returncode == 0, result.stderr
 
+    def _make_one_muon(self, out: Path) -> None:
+        self.train_here(*self._fresh(out), f"train.batch_size={2 * B}", "train.optimizer=muon")
+
+    def _make_ddp_muon(self, out: Path) -> None:
+        args = (*self._fresh(out), f"train.batch_size={B}", "train.optimizer=muon")
+        result = self.torchrun(2, *args)
+        assert result.returncode == 0, result.stderr
+
     def _make_fsdp(self, out: Path) -> None:
         result = self.torchrun(2, *self._fresh(out, "--fsdp"), f"train.batch_size={B}")
         assert result.returncode == 0, result.stderr
@@ -142,6 +153,19 @@ def test_two_ranks_of_batch_b_train_like_one_process_of_batch_2b(runs, job):
     # the tokens counted are the job's: 2 ranks x B x grad_accum x block_size per step
     job_tokens = [r["tokens"] for r in metrics(runs.get(job))]
     assert job_tokens == [r["tokens"] for r in metrics(runs.get("one"))]
+
+
+def test_muon_under_ddp_trains_like_one_process(runs):
+    # every rank orthogonalises the same all-reduced gradient; Newton-Schulz magnifies the
+    # all-reduce's different summation order in a gradient's smallest directions, so the
+    # tolerance is looser than AdamW's
+    got, expected = runs.get("ddp_muon"), runs.get("one_muon")
+    assert load_trainer_state(got)["optimizer_kind"] == "muon"
+    for (step, x), (_, y) in zip(losses(got), losses(expected), strict=True):
+        assert x == pytest.approx(y, rel=1e-4), step
+    a, b = load_file(got / "model.safetensors"), load_file(expected / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=MUON_TOLERANCE, msg=name)
 
 
 def test_only_rank_0_writes_logs_metrics_and_checkpoints(runs):
@@ -255,7 +279,8 @@ def test_fsdp_turns_gradient_sync_off_for_all_but_the_last_micro_step(runs, tmp_
 
 
 def test_fsdp_outside_torchrun_is_a_one_line_error(cli, text_file, tmp_path, tiny):
-    result = cli("train", "--data", text_file, "--out", tmp_path / "run", "--fsdp", *tiny)
+    args = ["--out", tmp_path / "run", "--fsdp", *tiny, "train.optimizer=adamw"]
+    result = cli("train", "--data", text_file, *args)
     assert_one_line_error(result, "--fsdp", "torchrun --nproc_per_node")
 
 

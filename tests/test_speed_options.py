@@ -46,7 +46,9 @@ def test_compiled_training_matches_eager_and_saves_plain_names(cli, text_file, t
     for name, flags in (("eager", []), ("compiled", ["--compile"])):
         out = tmp_path / name
         args = ["train", "--data", text_file, "--out", out, "--max-steps", 3, "--no-progress"]
-        assert cli(*args, *flags, *tiny, "train.max_time=0").code == 0
+        # AdamW: Muon's orthogonalisation magnifies the last-bit differences between compiled
+        # and eager kernels in a gradient's smallest directions, which is not what this tests
+        assert cli(*args, *flags, *tiny, "train.max_time=0", "train.optimizer=adamw").code == 0
         runs[name] = out
     with safe_open(runs["compiled"] / MODEL_FILE, "pt") as weights:
         names = list(weights.keys())

@@ -143,7 +143,7 @@ class TrainConfig:
     warmup_steps: int = 100
     batch_size: int = 16
     grad_accum: int = 1  # micro-batches per optimizer step
-    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' matrices, AdamW for the rest)
+    optimizer: str = "muon"  # muon (the blocks' matrices; AdamW for the rest) | adamw
     lr: float = 3e-3
     min_lr: float = 2e-4
     weight_decay: float = 0.1
