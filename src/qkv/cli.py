@@ -207,7 +207,9 @@ def _add_attention(verbs) -> None:
         help="draw a checkpoint's attention: heatmaps (.png) or an explorer page (.html)",
         description="Run the checkpoint on --text and draw every layer's and head's attention "
         "weights: a grid of heatmaps (--out FILE.png) or a self-contained interactive page "
-        "(--out FILE.html; open it in any browser, nothing is fetched).",
+        "(--out FILE.html; open it in any browser, nothing is fetched). A seq2seq checkpoint "
+        "translates --text and shows its encoder self-attention, decoder self-attention and "
+        "cross-attention (output x source).",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--text", required=True, metavar="TEXT", help="the tokens to look at")

@@ -2,8 +2,8 @@
 positional encodings. Everything draws with matplotlib's Agg canvas: no display needed.
 
 - maps.py: `AttentionMap`, the model-independent description of attention the pictures take,
-  and the providers that collect maps from a model (GPT now; the encoder-decoder's place is
-  marked there)
+  and the providers that collect maps from a model (GPT's self-attention; the
+  encoder-decoder's encoder self-attention, decoder self-attention and cross-attention)
 - heatmaps.py: a PNG grid of heatmaps, one per layer and head
 - explorer.py + explorer.html: one self-contained interactive HTML page
 - curves.py: loss, learning rate and speed from a run's metrics.jsonl
@@ -14,7 +14,12 @@ positional encodings. Everything draws with matplotlib's Agg canvas: no display 
 from qkv.viz.curves import plot_training_curves
 from qkv.viz.explorer import explorer_html, write_explorer_html
 from qkv.viz.heatmaps import attention_figure, draw_attention_png
-from qkv.viz.maps import AttentionMap, checkpoint_attention_maps, gpt_attention_maps
+from qkv.viz.maps import (
+    AttentionMap,
+    checkpoint_attention_maps,
+    gpt_attention_maps,
+    seq2seq_attention_maps,
+)
 from qkv.viz.positions import plot_positions
 
 __all__ = [
@@ -26,5 +31,6 @@ __all__ = [
     "gpt_attention_maps",
     "plot_positions",
     "plot_training_curves",
+    "seq2seq_attention_maps",
     "write_explorer_html",
 ]

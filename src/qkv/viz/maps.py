@@ -1,6 +1,7 @@
 """Attention maps: what a model's heads looked at, in one model-independent description.
 
-Shape legend: L layers, H heads, T_q queries, T_k keys.
+Shape legend: L layers, H heads, T_q queries, T_k keys; for an encoder-decoder, S source
+tokens and T decoder positions.
 
 An `AttentionMap` is one kind of attention in a model (GPT's causal self-attention; an
 encoder-decoder's encoder self-attention, decoder self-attention and cross-attention), with
@@ -23,7 +24,9 @@ import torch
 
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
-from qkv.tokenizer import Tokenizer
+from qkv.models.seq2seq import Seq2SeqTransformer
+from qkv.seq2seq_config import BOS_ID, EOS_ID, PAD_ID
+from qkv.tokenizer import Seq2SeqTokenizer, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -87,28 +90,95 @@ def gpt_attention_maps(model: GPT, tokenizer: Tokenizer, text: str) -> list[Atte
     return [AttentionMap("self-attention", tokens, tokens, stacked)]
 
 
-# -- the encoder-decoder's provider: the place for it -----------------------------------------
-#
-# Not written yet: models/seq2seq.py is being built on its own branch. Its agreed interface is
-# `Seq2SeqTransformer.forward(src, tgt_in, ..., return_weights=True)`, which also returns
-# {"encoder_self": [L x (B, H, S, S)], "decoder_self": [L x (B, H, T, T)],
-#  "cross": [L x (B, H, T, S)]}. Its provider, `seq2seq_attention_maps(model, tokenizers,
-# source, target)`, will stack each list (batch item 0) into three maps:
-#     AttentionMap("encoder self-attention", source_tokens, source_tokens, encoder_self)
-#     AttentionMap("decoder self-attention", target_tokens, target_tokens, decoder_self)
-#     AttentionMap("cross-attention", target_tokens, source_tokens, cross)   # target x source
-# and `checkpoint_attention_maps` below will pick it for a seq2seq checkpoint. The pictures
-# need no change: they draw any list of maps.
+# -- the encoder-decoder ---------------------------------------------------------------------
+
+# how the special tokens appear in the pictures (the tokenizer's decode drops them)
+SPECIAL_TOKEN_TEXT = {PAD_ID: "<pad>", BOS_ID: "<s>", EOS_ID: "</s>"}
+PREDICTS = "\u2192"  # "→": a decoder row "2→0" has read "2" last and predicts "0"
+
+
+def seq2seq_token_strings(tokenizer: Seq2SeqTokenizer, ids: list[int]) -> list[str]:
+    """Each token's text, with <pad>, <bos> and <eos> shown as <pad>, <s> and </s>."""
+    return [SPECIAL_TOKEN_TEXT.get(i) or tokenizer.decode([i]) for i in ids]
+
+
+def encode_source(tokenizer: Seq2SeqTokenizer, text: str, max_len: int) -> list[int]:
+    """The source ids the model translates (the text's tokens, then <eos>, as `qkv
+    translate` feeds them), or one clear error if the text is empty, unknown or too long."""
+    if not text:
+        raise QkvError("--text is empty: give the text whose attention to draw")
+    ids = tokenizer.encode(text) + [EOS_ID]  # a QkvError names characters it has never seen
+    if len(ids) > max_len:
+        raise QkvError(
+            f"--text is {len(ids) - 1} tokens (+1 for </s>), longer than the model's "
+            f"max_len of {max_len}; shorten it"
+        )
+    return ids
+
+
+@torch.no_grad()
+def seq2seq_attention_maps(
+    model: Seq2SeqTransformer, tokenizer: Seq2SeqTokenizer, text: str
+) -> list[AttentionMap]:
+    """The encoder-decoder's provider: its three kinds of attention while translating `text`.
+
+    The model first translates the text greedily (its own output, as `qkv translate`
+    gives it); one teacher-forced forward pass over (source, <bos> + output) with
+    `return_weights=True` then yields, every layer and head:
+
+        encoder self-attention   source x source   (S, S)
+        decoder self-attention   decoder x decoder (T, T), causal
+        cross-attention          decoder x source  (T, S)
+
+    S counts the source tokens and </s>; T = len(output) + 1. Decoder row i is the position
+    that has read <s> y_1 .. y_i and predicts y_{i+1} (</s> after the last one); its label
+    says both, "y_i→y_{i+1}" (e.g. "<s>→2" for the first row). Decoder keys are the tokens
+    read, <s> y_1 .. y_{T-1}.
+    """
+    from qkv.decoding import greedy_decode, next_log_probs
+
+    max_len = model.config.max_len
+    source = encode_source(tokenizer, text, max_len)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout on the weights we show
+    try:
+        src = torch.tensor([source], device=device)  # (1, S)
+        # at most max_len - 1 output tokens, so that <bos> + output fits the positions
+        output = greedy_decode(model, src, max_len=max_len - 1)[0]
+        tgt_in = torch.tensor([[BOS_ID, *output]], device=device)  # (1, T)
+        logits, weights = model(src, tgt_in, return_weights=True)
+    finally:
+        model.train(was_training)
+    predicted = next_log_probs(logits[0]).argmax(dim=-1).tolist()  # (T,): y_1 .. y_T
+    read = seq2seq_token_strings(tokenizer, tgt_in[0].tolist())
+    next_tokens = seq2seq_token_strings(tokenizer, predicted)
+    rows = [f"{r}{PREDICTS}{n}" for r, n in zip(read, next_tokens, strict=True)]
+    source_tokens = seq2seq_token_strings(tokenizer, source)
+    return [
+        AttentionMap("encoder self-attention", source_tokens, source_tokens,
+                     _stack(weights["encoder_self"])),
+        AttentionMap("decoder self-attention", rows, read, _stack(weights["decoder_self"])),
+        AttentionMap("cross-attention", rows, source_tokens, _stack(weights["cross"])),
+    ]  # fmt: skip
+
+
+def _stack(per_layer: list[torch.Tensor]) -> np.ndarray:
+    """L x (1, H, T_q, T_k) -> (L, H, T_q, T_k) float32 on the CPU (batch item 0)."""
+    return torch.stack([w[0] for w in per_layer]).float().cpu().numpy()
 
 
 def checkpoint_attention_maps(
     directory: str | Path, text: str, device: str | torch.device = "cpu"
 ) -> list[AttentionMap]:
     """Load a checkpoint and collect the attention maps of its model over `text`."""
-    from qkv.checkpoint import load_checkpoint
+    from qkv.checkpoint import checkpoint_kind, load_checkpoint, load_seq2seq_checkpoint
 
     if not text:  # before loading anything: the cheapest mistake to report
         raise QkvError("--text is empty: give the text whose attention to draw")
+    if checkpoint_kind(directory) == "seq2seq":
+        model, tokenizer, _ = load_seq2seq_checkpoint(directory, device)
+        return seq2seq_attention_maps(model, tokenizer, text)
     model, tokenizer, _ = load_checkpoint(directory, device)
     if isinstance(model, GPT):
         return gpt_attention_maps(model, tokenizer, text)
