@@ -58,7 +58,7 @@ class GPTConfig:
 
     vocab_size: int | None = None
     block_size: int = 96  # context length T
-    n_layer: int = 3
+    n_layer: int = 2
     n_head: int = 4
     n_embd: int = 128  # C; each head has D = C / H channels
     n_kv_head: int | None = None  # key/value heads; fewer than n_head is grouped-query attention
