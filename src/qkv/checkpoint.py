@@ -41,6 +41,7 @@ directory.
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,16 @@ def save_checkpoint(
             f"cannot save the checkpoint in {directory}: {reason}; the files already there "
             "are whole (free some space and resume with --resume)"
         ) from None
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Add `record` as one JSON line to run_dir/metrics.jsonl; a failed write is one error."""
+    path = run_dir / METRICS_FILE
+    try:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise QkvError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _remove_stale_temporaries(directory: Path) -> None:

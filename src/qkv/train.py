@@ -41,7 +41,6 @@ A run is never lost and never saves garbage:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -58,9 +57,9 @@ from tqdm.auto import tqdm
 
 from qkv import distributed
 from qkv.checkpoint import (
-    METRICS_FILE,
     MODEL_FILE,
     TRAINER_FILE,
+    append_metrics,
     checkpoint_step,
     load_checkpoint,
     load_trainer_state,
@@ -333,12 +332,7 @@ class Trainer:
     def _log_metrics(self, record: dict[str, Any]) -> None:
         if not self.world.is_main:
             return
-        path = self.out_dir / METRICS_FILE
-        try:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise QkvError(f"cannot write {path}: {exc.strerror or exc}") from None
+        append_metrics(self.out_dir, record)
 
     # -- stopping cleanly -------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ restores weights, optimizer, step, clock, RNG and batch position; a NaN loss sto
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import signal
 import threading
@@ -41,7 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from qkv.checkpoint import (
-    METRICS_FILE,
+    append_metrics,
     load_seq2seq_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -173,12 +172,7 @@ class Seq2SeqTrainer:
         save_checkpoint(self.out_dir, self.model, self.config, self.tokenizer, self._state())
 
     def _log_metrics(self, record: dict[str, Any]) -> None:
-        path = self.out_dir / METRICS_FILE
-        try:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise QkvError(f"cannot write {path}: {exc.strerror or exc}") from None
+        append_metrics(self.out_dir, record)
 
     def _nonfinite_error(self, what: str) -> QkvError:
         return QkvError(
