@@ -107,6 +107,19 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
         raise QkvError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a fresh run over an existing one unless asked to overwrite it (then its
+    metrics log starts again); resuming continues it."""
+    if resume or not (out / CONFIG_FILE).exists():
+        return
+    if not overwrite:
+        raise QkvError(
+            f"{out} already holds a run: pass --resume to continue it, --overwrite to start "
+            "afresh, or --out DIR for a new run"
+        )
+    (out / METRICS_FILE).unlink(missing_ok=True)
+
+
 def _remove_stale_temporaries(directory: Path) -> None:
     """Delete the half-written files a killed save left behind (see atomic.atomic_write)."""
     if not directory.is_dir():
@@ -145,14 +158,7 @@ def load_checkpoint(
             f"has {tokenizer.vocab_size} entries"
         )
     model = GPT(config.model)
-    weights = directory / MODEL_FILE
-    if not weights.exists():
-        raise QkvError(f"{weights} is missing: is {directory} a qkv checkpoint?")
-    try:
-        load_model(model, str(weights), strict=True, device=str(device))
-    except (RuntimeError, SafetensorError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QkvError(f"{weights} does not match its config.json: {first_line}") from None
+    _fill_weights(model, directory, device)
     return model.to(device), tokenizer, config
 
 

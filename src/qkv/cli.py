@@ -13,7 +13,12 @@ from pathlib import Path
 import torch
 
 from qkv import seq2seq_cli
-from qkv.checkpoint import CONFIG_FILE, METRICS_FILE, checkpoint_kind, load_checkpoint
+from qkv.checkpoint import (
+    CONFIG_FILE,
+    checkpoint_kind,
+    claim_run_dir,
+    load_checkpoint,
+)
 from qkv.config import RunConfig, config_from_json, load_config
 from qkv.errors import JobBroken, QkvError, TrainingInterrupted
 
@@ -279,13 +284,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return seq2seq_cli.cmd_train_seq2seq(args)
     config = train_config(args)
     out = Path(config.train.out_dir)
-    if not args.resume and (out / CONFIG_FILE).exists():
-        if not args.overwrite:
-            raise QkvError(
-                f"{out} already holds a run: pass --resume to continue it, --overwrite to start "
-                "afresh, or --out DIR for a new run"
-            )
-        (out / METRICS_FILE).unlink(missing_ok=True)
+    claim_run_dir(out, args.resume, args.overwrite)
     result = train(
         config, resume=args.resume, progress=not args.no_progress, init_from=args.init_from
     )

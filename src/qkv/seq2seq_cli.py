@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qkv.checkpoint import CONFIG_FILE, METRICS_FILE, checkpoint_kind
+from qkv.checkpoint import CONFIG_FILE, checkpoint_kind, claim_run_dir
 from qkv.config import read_json_config, read_toml
 from qkv.data.tasks import TASKS
 from qkv.errors import QkvError
@@ -92,13 +92,7 @@ def cmd_train_seq2seq(args: argparse.Namespace) -> int:
 
     config = seq2seq_train_config(args)
     out = Path(config.train.out_dir)
-    if not args.resume and (out / CONFIG_FILE).exists():
-        if not args.overwrite:
-            raise QkvError(
-                f"{out} already holds a run: pass --resume to continue it, --overwrite to start "
-                "afresh, or --out DIR for a new run"
-            )
-        (out / METRICS_FILE).unlink(missing_ok=True)
+    claim_run_dir(out, args.resume, args.overwrite)
     result = train_seq2seq(config, resume=args.resume, progress=not args.no_progress)
     print(
         f"done: step {result.step}, val loss {result.val_loss:.4f}, val exact match "

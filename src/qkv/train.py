@@ -46,8 +46,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,20 +351,9 @@ class Trainer:
     def _on_stop_signal(self, signum: int, frame: object) -> None:
         self.stop_signal = signum
 
-    @contextmanager
-    def _stop_signals_deferred(self) -> Iterator[None]:
+    def _stop_signals_deferred(self) -> AbstractContextManager[None]:
         """Within: SIGINT/SIGTERM set `stop_signal` instead of stopping the process."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # only the main thread may set handlers; there signals act as before
-            return
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._on_stop_signal)
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        return stop_signals_deferred(self._on_stop_signal)
 
     def _stop(self, signum: int) -> TrainingInterrupted:
         """Save where the run is and return the exception that ends it."""
@@ -537,6 +526,23 @@ class Trainer:
         if improved:
             self.save_best()
         return losses
+
+
+@contextmanager
+def stop_signals_deferred(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """Within: SIGINT and SIGTERM call `handler` instead of stopping the process, so a trainer
+    can finish its step, save and stop; the previous handlers come back on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; there signals act as before
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 def _all_finite(*values: torch.Tensor | None) -> bool:

@@ -26,10 +26,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +50,7 @@ from qkv.errors import QkvError, TrainingInterrupted
 from qkv.models.seq2seq import Seq2SeqTransformer
 from qkv.seq2seq_config import PAD_ID, Seq2SeqRunConfig
 from qkv.tokenizer import Seq2SeqTokenizer
-from qkv.train import resolve_device
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from qkv.train import resolve_device, stop_signals_deferred
 
 
 def inverse_sqrt_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
@@ -182,20 +178,9 @@ class Seq2SeqTrainer:
 
     # -- stopping cleanly -------------------------------------------------------------------
 
-    @contextmanager
-    def _stop_signals_deferred(self) -> Iterator[None]:
+    def _stop_signals_deferred(self) -> AbstractContextManager[None]:
         """Within: SIGINT/SIGTERM set `stop_signal`; the loop saves and stops between steps."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, lambda signum, frame: setattr(self, "stop_signal", signum))
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        return stop_signals_deferred(lambda signum, frame: setattr(self, "stop_signal", signum))
 
     def _stop(self, signum: int) -> TrainingInterrupted:
         name = signal.Signals(signum).name
