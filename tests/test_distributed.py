@@ -299,6 +299,11 @@ def _rank_pids(launcher: subprocess.Popen) -> dict[int, int]:
     return ranks
 
 
+def _saved_step(out: Path) -> int:
+    """The step of the run's last complete snapshot (trainer.pt is replaced atomically)."""
+    return load_trainer_state(out)["step"] if (out / "trainer.pt").exists() else -1
+
+
 def _start_long_job(runs: Runs, out: Path) -> subprocess.Popen:
     """A 2-rank job that would run for ages; returns once it has saved a checkpoint."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -309,7 +314,7 @@ def _start_long_job(runs: Runs, out: Path) -> subprocess.Popen:
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=runs.env
     )
     deadline = time.monotonic() + 90
-    while not any("val_loss" in r and r["step"] >= 10 for r in metrics(out)):
+    while _saved_step(out) < 10:  # trainer.pt, not metrics.jsonl: it is logged before the save
         assert launcher.poll() is None, launcher.communicate()
         assert time.monotonic() < deadline, "the job made no progress"
         time.sleep(0.05)
