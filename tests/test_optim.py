@@ -13,7 +13,7 @@ from qkv.checkpoint import load_trainer_state
 from qkv.config import GPTConfig, TrainConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
-from qkv.optim import MuonWithAdamW, is_hidden_matrix, make_optimizer
+from qkv.optim import GroupedMuon, MuonWithAdamW, is_hidden_matrix, make_optimizer
 
 CPU = torch.device("cpu")
 
@@ -113,6 +113,39 @@ def test_state_dict_round_trip_continues_identically():
     run(2, b, opt_b)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
+
+
+@pytest.mark.parametrize("adjust_lr_fn", ["match_rms_adamw", "original"])
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_grouped_muon_steps_as_torch_muon_does(adjust_lr_fn, nesterov):
+    # shapes as in a block (tall, square, wide, the FFN's pair shares a group) and a loner
+    shapes = [(96, 32), (32, 32), (128, 32), (32, 128)] * 2 + [(24, 10)]
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(0.02 * torch.randn(shape)) for shape in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    settings = dict(lr=3e-2, weight_decay=0.1, nesterov=nesterov, adjust_lr_fn=adjust_lr_fn)
+    grouped, reference = GroupedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
+    for _ in range(4):
+        before = [p.detach().clone() for p in ours]
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        grouped.step()
+        reference.step()
+        for p, q, start in zip(ours, theirs, before, strict=True):
+            step, expected = p.detach() - start, q.detach() - start
+            # equal up to bfloat16 rounding inside Newton-Schulz (bit-equal on x86 so far)
+            assert (step - expected).abs().max() <= 1e-2 * expected.abs().max(), p.shape
+    state, reference_state = grouped.state_dict(), reference.state_dict()
+    assert state["param_groups"] == reference_state["param_groups"]
+    for i, saved in state["state"].items():
+        torch.testing.assert_close(
+            saved["momentum_buffer"], reference_state["state"][i]["momentum_buffer"]
+        )
+
+
+def test_the_muon_of_make_optimizer_groups_its_matrices():
+    assert isinstance(make_optimizer(small_gpt(), muon_config(), CPU).muon, GroupedMuon)
 
 
 def test_loading_an_adamw_state_into_muon_is_one_clear_error():

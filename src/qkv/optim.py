@@ -18,15 +18,22 @@ The 0.2 sqrt(max(A, B)) factor (Liu et al., 2025, "Muon is Scalable for LLM Trai
 the update the size AdamW's would have, so both share one learning rate and schedule. Muon is
 for the 2-D weights inside the blocks; the embedding (tied to the output head), biases and norm
 gains stay with AdamW, as in Jordan et al.
+
+`GroupedMuon` is `torch.optim.Muon` with one change in how, not what, it computes: the
+matrices of one shape (a 128 x 512 FFN matrix of every layer, say) go through Newton-Schulz
+together, as one batched matmul per iteration, instead of one small matmul each. On a 2-core
+CPU at the default model's sizes that halves the orthogonalisation's time (9.4 -> 4.2 ms a
+step, benchmarks/README.md), which was a fifth of the whole training step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from qkv.config import OPTIMIZERS, TrainConfig
 from qkv.errors import QkvError
@@ -42,7 +49,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> 
             raise QkvError(f"train.optimizer='muon' needs torch >= 2.9, not {torch.__version__}")
         hidden = [p for n, p in named if is_hidden_matrix(n, p)]
         rest = [p for n, p in named if not is_hidden_matrix(n, p)]
-        muon = torch.optim.Muon(
+        muon = GroupedMuon(
             hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"
         )
         return MuonWithAdamW(muon, make_adamw(rest, cfg, device))
@@ -62,6 +69,88 @@ def make_adamw(params: list[nn.Parameter], cfg: TrainConfig, device: torch.devic
 def is_hidden_matrix(name: str, param: nn.Parameter) -> bool:
     """A 2-D weight inside a Transformer block: attention and feed-forward projections."""
     return param.dim() == 2 and ".h." in f".{name}"
+
+
+def _lr_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
+    """torch.optim.Muon's per-shape step size factor (see its documentation)."""
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))  # Liu et al., 2025
+    return math.sqrt(max(1.0, rows / cols))  # "original" (Jordan et al., 2024)
+
+
+def orthogonalise(
+    updates: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+):
+    """(N, A, B) matrices with A <= B -> their approximate orthogonalisations U V^T, (N, A, B).
+
+    The quintic Newton-Schulz iteration of Jordan et al. (2024), in bfloat16 as torch runs it:
+    scale each X to spectral norm <= 1 (dividing by its Frobenius norm does), then
+        X <- a X + (b X X^T + c (X X^T)^2) X
+    which drives every singular value of X towards 1 without computing an SVD.
+    """
+    a, b, c = coefficients
+    x = updates.bfloat16()
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT  # (N, A, A)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b G + c G^2) X
+    return x
+
+
+class GroupedMuon(torch.optim.Muon):
+    """torch.optim.Muon, orthogonalising all matrices of one shape in one batched iteration.
+
+    Same hyperparameters, same state (a "momentum_buffer" per matrix, so checkpoints move
+    freely between the two) and the same update up to bfloat16 rounding; only the
+    Newton-Schulz matmuls are grouped. A tall matrix is orthogonalised as its transpose, as
+    torch does, so a C x 4C matrix and a 4C x C one share a group.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        if closure is not None:
+            raise ValueError("GroupedMuon.step takes no closure")
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            buffers: list[Tensor] = []
+            self._init_group(group, params, grads, buffers)
+            if params:
+                self._step_group(group, params, grads, buffers)
+
+    def _step_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        buffers: list[Tensor],
+    ) -> None:
+        momentum = group["momentum"]
+        torch._foreach_lerp_(buffers, grads, 1 - momentum)  # B = mu B + (1 - mu) G
+        # Nesterov: look ahead along the momentum, G + mu (B - G)
+        updates = (
+            [g.lerp(b, momentum) for g, b in zip(grads, buffers, strict=True)]
+            if group["nesterov"]
+            else buffers
+        )
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, update in enumerate(updates):
+            rows, cols = update.shape
+            by_shape.setdefault((min(rows, cols), max(rows, cols)), []).append(i)
+        decay = 1 - group["lr"] * group["weight_decay"]
+        for members in by_shape.values():
+            wide = torch.stack([_wide(updates[i]) for i in members])  # (N, A, B), A <= B
+            ortho = orthogonalise(wide, group["ns_coefficients"], group["ns_steps"], group["eps"])
+            for i, o in zip(members, ortho, strict=True):
+                param = params[i]
+                step = group["lr"] * _lr_ratio(group["adjust_lr_fn"], *param.shape)
+                param.mul_(decay)  # decoupled weight decay
+                param.add_(o.mT if param.size(0) > param.size(1) else o, alpha=-step)
+
+
+def _wide(matrix: Tensor) -> Tensor:
+    return matrix.mT if matrix.size(0) > matrix.size(1) else matrix
 
 
 class MuonWithAdamW:
