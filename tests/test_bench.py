@@ -24,7 +24,9 @@ def report() -> bench.Report:
 
 def test_every_row_has_finite_numbers_for_both_sides(report):
     plan = bench.quick_plan()
-    expected = 2 * len(plan.train_cases) + 2 * len(plan.gen_prompts) + 2 * len(plan.attn_lengths)
+    expected = (
+        2 * len(plan.train_cases) + 1 + 2 * len(plan.gen_prompts) + 2 * len(plan.attn_lengths)
+    )
     assert len(report.rows) == expected
     for row in report.rows:
         assert row.ours is not None and math.isfinite(row.ours) and row.ours >= 0, row

@@ -134,7 +134,8 @@ def test_grouped_muon_steps_as_torch_muon_does(adjust_lr_fn, nesterov):
         reference.step()
         for p, q, start in zip(ours, theirs, before, strict=True):
             step, expected = p.detach() - start, q.detach() - start
-            # equal up to bfloat16 rounding inside Newton-Schulz (bit-equal on x86 so far)
+            # equal up to bfloat16 rounding inside Newton-Schulz: a batched and a single matmul
+            # may round differently (on this data they happen to agree bit for bit)
             assert (step - expected).abs().max() <= 1e-2 * expected.abs().max(), p.shape
     state, reference_state = grouped.state_dict(), reference.state_dict()
     assert state["param_groups"] == reference_state["param_groups"]

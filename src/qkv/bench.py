@@ -21,7 +21,9 @@ fastest round is the least disturbed one. Measured:
    6N counts the forward (2N) and backward (4N) matmuls with the weights, 12 L T C those of
    attention scores and values. Both sides do the same work, so they share F.
 3. Generation: new tokens/s of greedy decoding, with and without the KV cache.
-4. Attention: forward+backward time and peak memory against sequence length, causal. The
+4. Muon: time of one optimizer step over the default model's block matrices, qkv's
+   `GroupedMuon` against `torch.optim.Muon` (the peer of this row), on the same gradients.
+5. Attention: forward+backward time and peak memory against sequence length, causal. The
    explicit path stores the (T, T) weights, so it grows as T^2; the fused one does not. CPU
    memory is the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
    minus its resident set before the run, after handing freed heap back to the system; on
@@ -53,6 +55,7 @@ from qkv.config import GPTConfig, TrainConfig
 from qkv.errors import QkvError
 from qkv.interop import nearest_gpt2, require_transformers, to_hf
 from qkv.models.gpt import GPT
+from qkv.optim import GroupedMuon, is_hidden_matrix
 from qkv.train import make_optimizer
 
 PEER = "HF GPT2LMHeadModel"
@@ -73,6 +76,7 @@ class Plan:
 
     matmul_n: int
     train_cases: tuple[TrainCase, ...]
+    muon_model: GPTConfig
     gen_model: GPTConfig
     gen_prompts: tuple[int, ...]
     gen_new_tokens: int
@@ -106,6 +110,7 @@ def full_plan() -> Plan:
             _train_case("default", default, TrainConfig().batch_size),
             _train_case("target", target, 8),
         ),
+        muon_model=default,
         gen_model=nearest_gpt2(dataclasses.replace(default, block_size=1024))[0],
         gen_prompts=(16, 512),
         gen_new_tokens=256,
@@ -120,6 +125,7 @@ def quick_plan() -> Plan:
     return Plan(
         matmul_n=128,
         train_cases=(_train_case("tiny", tiny, 2),),
+        muon_model=tiny,
         gen_model=dataclasses.replace(tiny, block_size=32),
         gen_prompts=(4,),
         gen_new_tokens=8,
@@ -278,6 +284,33 @@ def bench_training(case: TrainCase, plan: Plan, device: torch.device, peak: floa
         Row(f"train {case.label}", "tok/s", rate["qkv"], rate["hf"], note),
         Row(f"train MFU {case.label}", "%", mfu["qkv"], mfu["hf"]),
     ]
+
+
+# -- the Muon step ---------------------------------------------------------------------------
+
+
+def bench_muon(plan: Plan, device: torch.device) -> list[Row]:
+    """One Muon step over the block matrices of `plan.muon_model`: GroupedMuon vs torch's."""
+    torch.manual_seed(0)
+    model = GPT(plan.muon_model).to(device)
+    matrices = [p for n, p in model.named_parameters() if is_hidden_matrix(n, p)]
+    grads = [torch.randn_like(p) for p in matrices]
+
+    def stepper(optimizer_class: type[torch.optim.Optimizer]) -> Callable[[], float]:
+        params = [nn.Parameter(p.detach().clone()) for p in matrices]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        optimizer = optimizer_class(params, lr=3e-3, adjust_lr_fn="match_rms_adamw")
+        optimizer.step()  # warm-up, and the momentum buffers
+        return lambda: _timed(optimizer.step, device)
+
+    sides = {"qkv": stepper(GroupedMuon), "torch": stepper(torch.optim.Muon)}
+    seconds = _fastest(_alternate(sides, 5 * plan.rounds))
+    shapes = sorted({tuple(p.shape) for p in matrices})
+    note = f"{len(matrices)} matrices of shapes {', '.join(f'{a}x{b}' for a, b in shapes)}"
+    m = plan.muon_model
+    name = f"Muon step, {m.n_layer}L/{m.n_embd}C block matrices"
+    return [Row(name, "ms", 1e3 * seconds["qkv"], 1e3 * seconds["torch"], note)]
 
 
 # -- generation ------------------------------------------------------------------------------
@@ -478,6 +511,7 @@ def _measure(plan: Plan, device: torch.device, say: Callable[[str], None]) -> Re
     )
     report.header.append(
         f"peer: {PEER} (same weights via qkv.interop.to_hf, sdpa attention), ratio = qkv/HF; "
+        "Muon row: qkv = GroupedMuon, peer = torch.optim.Muon, ratio = time/time (below 1 is faster); "
         "attention rows: qkv = fused path, peer = explicit path, ratio = fused/explicit"
     )
     report.header.append(
@@ -486,6 +520,8 @@ def _measure(plan: Plan, device: torch.device, say: Callable[[str], None]) -> Re
     for case in plan.train_cases:
         say(f"training {case.label}")
         report.rows += bench_training(case, plan, device, peak)
+    say("Muon step")
+    report.rows += bench_muon(plan, device)
     say("generation")
     report.rows += bench_generation(plan, device)
     say("attention")
