@@ -53,6 +53,10 @@ CONFIGS: dict[str, list[str]] = {
         "model.n_embd=160",
         "train.lr=5e-3",
     ],
+    "w96-3L": ["model.n_layer=3", "model.n_embd=96", "model.n_head=3"],
+    "w96-3L-h2": ["model.n_layer=3", "model.n_embd=96", "model.n_head=2"],
+    "w96-2L": ["model.n_layer=2", "model.n_embd=96", "model.n_head=3"],
+    "w128-2L": ["model.n_layer=2", "model.n_embd=128", "model.n_head=4"],
     "nanogpt-cpu": [
         "model.n_layer=4",
         "model.n_head=4",

@@ -92,7 +92,7 @@ def test_explicit_attention_is_skipped_when_it_would_not_fit(monkeypatch):
 
 
 def test_flops_per_token_is_6n_plus_attention():
-    config = GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_embd=128)
+    config = GPTConfig(vocab_size=65, block_size=128, n_layer=4, n_embd=128, n_head=4)
     assert bench.flops_per_token(config, 1000) == 6000 + 12 * 4 * 128 * 128
 
 

@@ -91,9 +91,9 @@ def test_missing_toml_file_is_an_error(tmp_path):
 
 def test_dotted_and_bare_overrides():
     config = RunConfig().with_overrides(
-        ["model.n_layer=3", "n_embd=64", "source=plays/", "train.device=cpu", "bias=false"]
+        ["model.n_layer=3", "n_embd=48", "source=plays/", "train.device=cpu", "bias=false"]
     )
-    assert config.model.n_layer == 3 and config.model.n_embd == 64
+    assert config.model.n_layer == 3 and config.model.n_embd == 48
     assert config.data.source == "plays/"
     assert config.train.device == "cpu"
     assert config.model.bias is False

@@ -511,7 +511,7 @@ def _measure(plan: Plan, device: torch.device, say: Callable[[str], None]) -> Re
     )
     report.header.append(
         f"peer: {PEER} (same weights via qkv.interop.to_hf, sdpa attention), ratio = qkv/HF; "
-        "Muon row: qkv = GroupedMuon, peer = torch.optim.Muon, ratio = time/time (below 1 is faster); "
+        "Muon row: qkv = GroupedMuon, peer = torch.optim.Muon, ratio = time/time; "
         "attention rows: qkv = fused path, peer = explicit path, ratio = fused/explicit"
     )
     report.header.append(

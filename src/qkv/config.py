@@ -58,9 +58,9 @@ class GPTConfig:
 
     vocab_size: int | None = None
     block_size: int = 96  # context length T
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128  # C; each head has D = C / H channels
+    n_layer: int = 3
+    n_head: int = 3
+    n_embd: int = 96  # C; each head has D = C / H channels
     n_kv_head: int | None = None  # key/value heads; fewer than n_head is grouped-query attention
     dropout: float = 0.0
     bias: bool = True
@@ -75,7 +75,8 @@ class GPTConfig:
             _check_positive(self, "vocab_size")
         if self.n_embd % self.n_head != 0:
             raise QkvError(
-                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}"
+                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}; "
+                "set model.n_head as well"
             )
         _check_fraction(self, "dropout")
         _check_choice(self, "positional", POSITIONAL_KINDS)
