@@ -8,7 +8,6 @@ module and shared: a 2-rank run takes a few seconds, mostly starting Python thre
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -29,6 +28,7 @@ from qkv.cli import main
 from qkv.config import load_config
 from qkv.train import Trainer
 from test_cli import assert_one_line_error
+from test_robustness import metrics
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -48,14 +48,6 @@ COMMON = [
 ]
 TOLERANCE = 1e-5
 MUON_TOLERANCE = 1e-3
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.endswith("}")]
 
 
 def losses(run_dir: Path, key: str = "train_loss") -> list[tuple[int, float]]:

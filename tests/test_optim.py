@@ -14,6 +14,7 @@ from qkv.config import GPTConfig, TrainConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
 from qkv.optim import GroupedMuon, MuonWithAdamW, is_hidden_matrix, make_optimizer
+from test_train import overfit
 
 CPU = torch.device("cpu")
 
@@ -81,13 +82,7 @@ def test_muon_trains_a_tiny_gpt_to_overfit_one_batch():
     optimizer = make_optimizer(model, muon_config(lr=1e-2, weight_decay=0.0), CPU)
     batch = torch.randint(0, 20, (4, 17), generator=torch.Generator().manual_seed(1))
     x, y = batch[:, :-1], batch[:, 1:]
-    _, first = model(x, y)
-    for _ in range(100):
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _, last = model(x, y)
+    first, last = overfit(model, optimizer, x, y, steps=100)
     assert last.item() < 0.1 * first.item()
 
 

@@ -66,6 +66,18 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(cli, text_file, tiny, t
 # -- optimisation ---------------------------------------------------------------------------
 
 
+def overfit(model: GPT, optimizer, x: torch.Tensor, y: torch.Tensor, steps: int):
+    """Train on the one batch (x, y) for `steps` steps -> (loss before, loss after)."""
+    _, first = model(x, y)
+    for _ in range(steps):
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _, last = model(x, y)
+    return first, last
+
+
 def test_gpt_overfits_one_fixed_batch_with_the_trainers_optimizer():
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=32)
@@ -74,13 +86,7 @@ def test_gpt_overfits_one_fixed_batch_with_the_trainers_optimizer():
     optimizer = make_optimizer(model, cfg, torch.device("cpu"))
     batch = torch.randint(0, 20, (4, 17))
     x, y = batch[:, :-1], batch[:, 1:]
-    _, first = model(x, y)
-    for _ in range(150):
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    _, last = model(x, y)
+    first, last = overfit(model, optimizer, x, y, steps=150)
     assert first.item() > 2.5  # about ln(20) at initialisation
     assert last.item() < 0.1 * first.item()
 

@@ -22,8 +22,9 @@ gains stay with AdamW, as in Jordan et al.
 `GroupedMuon` is `torch.optim.Muon` with one change in how, not what, it computes: the
 matrices of one shape (a 128 x 512 FFN matrix of every layer, say) go through Newton-Schulz
 together, as one batched matmul per iteration, instead of one small matmul each. On a 2-core
-CPU at the default model's sizes that halves the orthogonalisation's time (9.4 -> 4.2 ms a
-step, benchmarks/README.md), which was a fifth of the whole training step.
+CPU at the default model's sizes that halves the optimizer step (the `Muon step` row of
+`qkv bench`: 0.47x-0.50x torch's time, benchmarks/RESULTS.md), which was a fifth of the
+whole training step.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def _lr_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:
 
 def orthogonalise(
     updates: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
-):
+) -> Tensor:
     """(N, A, B) matrices with A <= B -> their approximate orthogonalisations U V^T, (N, A, B).
 
     The quintic Newton-Schulz iteration of Jordan et al. (2024), in bfloat16 as torch runs it:
