@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from qkv.attention import scaled_dot_product_attention
 from qkv.bench import flops_per_token, matmul_peak
 from qkv.config import GPTConfig
 from qkv.interop import to_hf
 from qkv.models.gpt import GPT
+from qkv.nn.attention import scaled_dot_product_attention
 
 GPT2_SMALL = GPTConfig(
     vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768,

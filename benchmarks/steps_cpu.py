@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import qkv.blocks
-import qkv.optim
-import qkv.train
+import qkv.nn.blocks
+import qkv.training.lm
+import qkv.training.loop
+import qkv.training.optim
 from qkv.config import load_config
 from qkv.evaluate import evaluate
 from qkv.models.gpt import GPT
@@ -41,8 +42,8 @@ class _ReLUSquared(nn.Module):
 
 def relu_squared() -> None:
     """FFN activation relu(x)^2 (So et al., 2021, "Primer") instead of relu(x)."""
-    plain = qkv.blocks.make_activation
-    qkv.blocks.make_activation = lambda name: _ReLUSquared() if name == "relu" else plain(name)
+    plain = qkv.nn.blocks.make_activation
+    qkv.nn.blocks.make_activation = lambda name: _ReLUSquared() if name == "relu" else plain(name)
 
 
 def zero_init_projections() -> None:
@@ -69,20 +70,20 @@ def untied_head() -> None:
 
 def _muon_option(**settings) -> Callable[[], None]:
     def change() -> None:
-        grouped = qkv.optim.GroupedMuon
+        grouped = qkv.training.optim.GroupedMuon
 
         class Changed(grouped):
             def __init__(self, *args, **kwargs) -> None:
                 super().__init__(*args, **{**kwargs, **settings})
 
-        qkv.optim.GroupedMuon = Changed
+        qkv.training.optim.GroupedMuon = Changed
 
     return change
 
 
 def adamw_lr_times_3() -> None:
     """The AdamW part (embedding, biases, norm gains) steps with 3x the schedule's lr."""
-    step = qkv.optim.MuonWithAdamW.step
+    step = qkv.training.optim.MuonWithAdamW.step
 
     def tripled(self, closure=None) -> None:
         saved = [group["lr"] for group in self.adamw.param_groups]
@@ -92,7 +93,7 @@ def adamw_lr_times_3() -> None:
         for group, lr in zip(self.adamw.param_groups, saved, strict=True):
             group["lr"] = lr
 
-    qkv.optim.MuonWithAdamW.step = tripled
+    qkv.training.optim.MuonWithAdamW.step = tripled
 
 
 def warmup_stable_decay() -> None:
@@ -106,7 +107,7 @@ def warmup_stable_decay() -> None:
             return cfg.lr
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - progress) / 0.4
 
-    qkv.train.learning_rate = schedule
+    qkv.training.lm.learning_rate = schedule
 
 
 CHANGES: dict[str, Callable[[], None]] = {
@@ -134,7 +135,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         fixed = [f"data.source={args.data}", f"train.out_dir={out}", "train.max_time=0"]
         fixed += [f"train.max_steps={args.steps}", f"train.eval_interval={args.steps + 1}"]
-        trainer = qkv.train.Trainer(load_config(None, fixed + overrides), progress=False)
+        trainer = qkv.training.loop.Trainer(load_config(None, fixed + overrides), progress=False)
         start = time.process_time()
         for _ in range(args.steps):
             loss = trainer.train_step()

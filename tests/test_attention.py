@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qkv.attention import (
+from qkv.nn.attention import (
     MultiHeadAttention,
     causal_mask,
     key_padding_mask,

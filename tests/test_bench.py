@@ -84,7 +84,7 @@ def test_bad_thread_count_is_a_user_error(cli):
 
 
 def test_explicit_attention_is_skipped_when_it_would_not_fit(monkeypatch):
-    monkeypatch.setattr(bench, "device_memory", lambda device: 1024)
+    monkeypatch.setattr(bench.machine, "device_memory", lambda device: 1024)
     rows = bench.bench_attention(bench.quick_plan(), CPU)
     assert all(row.peer is None and row.ratio is None for row in rows)
     assert "explicit skipped" in rows[0].note

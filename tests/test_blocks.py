@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from qkv.blocks import FeedForward, PostNormBlock, PreNormBlock, make_block
+from qkv.nn.blocks import FeedForward, PostNormBlock, PreNormBlock, make_block
 
 
 def test_feed_forward_matches_its_formula():

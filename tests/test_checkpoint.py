@@ -69,7 +69,7 @@ def test_saving_does_not_need_the_trainer_state(tmp_path):
 
 def test_config_json_holds_the_effective_config(trained_run):
     tree = json.loads((trained_run.run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    assert set(tree) == {"model", "data", "train"}
+    assert set(tree) == {"kind", "model", "data", "train"} and tree["kind"] == "gpt"
     _, tokenizer, _ = load_checkpoint(trained_run.run_dir)
     assert tree["model"]["vocab_size"] == tokenizer.vocab_size == len(set(trained_run.text))
     # the overrides and flags it was trained with, and every default, are all there
@@ -86,7 +86,8 @@ def test_config_json_holds_the_effective_config(trained_run):
 def test_trainer_state_of_a_real_run_loads_safely(trained_run):
     state = load_trainer_state(trained_run.run_dir)
     assert state["step"] == trained_run.steps
-    assert {"optimizer", "sampler", "torch_rng"} <= set(state)
+    assert {"optimizer", "data", "torch_rng"} <= set(state)
+    assert set(state["data"]) == {"sampler"}
 
 
 class _RunsCode:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from qkv import config as config_module
 from qkv.config import (
     DataConfig,
     GPTConfig,
@@ -131,8 +130,10 @@ def test_ambiguous_bare_key_is_an_error(monkeypatch):
         with pytest.raises(QkvError, match="write e.g."):
             RunConfig().with_overrides([f"{name}=1"])
     # a key in two tables (train.seed and extra.seed) must be written with its table
-    sections = config_module._sections()
-    monkeypatch.setattr(config_module, "_sections", lambda: {**sections, "extra": _Extra})
+    sections = RunConfig.sections()
+    monkeypatch.setattr(
+        RunConfig, "sections", classmethod(lambda cls: {**sections, "extra": _Extra})
+    )
     with pytest.raises(QkvError, match=r"train.*extra|extra.*train"):
         RunConfig().with_overrides(["seed=3"])
 

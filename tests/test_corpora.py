@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from qkv import atomic
-from qkv.data import cache, corpora
+from qkv.data import cache, corpora, package_index
 from qkv.errors import QkvError
 
 REAL_TINYSHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
@@ -245,21 +245,21 @@ def test_unknown_corpus_name_lists_known_names() -> None:
 
 def test_pip_index_url_env_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIP_INDEX_URL", "https://env.example/simple")
-    monkeypatch.setattr(corpora, "_index_url_from_pip_config", lambda: "https://cfg.example/")
-    monkeypatch.setattr(corpora, "_pip_default_index_url", lambda: "https://default.example/")
-    assert corpora.find_index_url() == "https://env.example/simple"
+    monkeypatch.setattr(package_index, "_index_url_from_pip_config", lambda: "https://cfg.example/")
+    monkeypatch.setattr(package_index, "_pip_default_index_url", lambda: "https://default.example/")
+    assert package_index.find_index_url() == "https://env.example/simple"
 
 
 def test_pip_config_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PIP_INDEX_URL", raising=False)
-    monkeypatch.setattr(corpora, "_index_url_from_pip_config", lambda: "https://cfg.example/")
-    monkeypatch.setattr(corpora, "_pip_default_index_url", lambda: "https://default.example/")
-    assert corpora.find_index_url() == "https://cfg.example/"
-    monkeypatch.setattr(corpora, "_index_url_from_pip_config", lambda: None)
-    assert corpora.find_index_url() == "https://default.example/"
-    monkeypatch.setattr(corpora, "_pip_default_index_url", lambda: None)
+    monkeypatch.setattr(package_index, "_index_url_from_pip_config", lambda: "https://cfg.example/")
+    monkeypatch.setattr(package_index, "_pip_default_index_url", lambda: "https://default.example/")
+    assert package_index.find_index_url() == "https://cfg.example/"
+    monkeypatch.setattr(package_index, "_index_url_from_pip_config", lambda: None)
+    assert package_index.find_index_url() == "https://default.example/"
+    monkeypatch.setattr(package_index, "_pip_default_index_url", lambda: None)
     with pytest.raises(QkvError, match="PIP_INDEX_URL"):
-        corpora.find_index_url()
+        package_index.find_index_url()
 
 
 def test_parse_pip_config_output() -> None:
@@ -268,10 +268,10 @@ def test_parse_pip_config_output() -> None:
         "global.extra-index-url='file:///opt/extra/simple file:///opt/more/simple'\n"
         "global.index-url='https://global.example/simple'\n"
     )
-    assert corpora._parse_pip_config_output(output) == "https://global.example/simple"
+    assert package_index._parse_pip_config_output(output) == "https://global.example/simple"
     with_env = output + ":env:.index-url='https://env.example/simple'\n"
-    assert corpora._parse_pip_config_output(with_env) == "https://env.example/simple"
-    assert corpora._parse_pip_config_output("global.extra-index-url='file:///x'\n") is None
+    assert package_index._parse_pip_config_output(with_env) == "https://env.example/simple"
+    assert package_index._parse_pip_config_output("global.extra-index-url='file:///x'\n") is None
 
 
 # ------------------------------------------------------------------------ tinyshakespeare

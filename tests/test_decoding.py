@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from qkv.config.seq2seq import BOS_ID, EOS_ID, Seq2SeqConfig
 from qkv.decoding import beam_search, greedy_decode, length_penalty
 from qkv.models.seq2seq import Seq2SeqTransformer
-from qkv.seq2seq_config import BOS_ID, EOS_ID, Seq2SeqConfig
 
 A, B = 3, 4  # the two ordinary tokens of the hand-set model; V = 5 with <pad> <bos> <eos>
 

@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 
 import qkv
 from conftest import TINY, make_text
-from qkv import distributed
 from qkv.checkpoint import load_trainer_state
 from qkv.cli import main
 from qkv.config import load_config
-from qkv.train import Trainer
+from qkv.training import distributed
+from qkv.training.loop import Trainer
 from test_cli import assert_one_line_error
 from test_robustness import metrics
 
@@ -224,13 +224,13 @@ def _trainer(runs: Runs, out: Path, world: distributed.World, *extra: str) -> Tr
 
 def _count_batches(trainer: Trainer) -> list[int]:
     drawn = [0]
-    real_next_batch = trainer.sampler.next_batch
+    real_next_batch = trainer.recipe.sampler.next_batch
 
     def next_batch():
         drawn[0] += 1
         return real_next_batch()
 
-    trainer.sampler.next_batch = next_batch
+    trainer.recipe.sampler.next_batch = next_batch
     return drawn
 
 
@@ -255,19 +255,29 @@ def test_ddp_all_reduces_gradients_only_on_the_last_micro_step(runs, tmp_path, w
 def test_fsdp_turns_gradient_sync_off_for_all_but_the_last_micro_step(runs, tmp_path, world_of_one):
     # a world of one reduce-scatters nothing, so watch FSDP2's switch for it instead
     trainer = _trainer(runs, tmp_path / "run", world_of_one, "train.fsdp=true")
-    drawn = _count_batches(trainer)
-    switched: list[tuple[int, bool]] = []  # (batches drawn, sync on?) at each switch
+    ran = [0]  # micro-batches run through the model (a step draws its batches first)
+    real_loss = trainer.recipe.loss
+
+    def loss(forward, batch):
+        ran[0] += 1
+        return real_loss(forward, batch)
+
+    trainer.recipe.loss = loss
+    switched: list[tuple[int, bool]] = []  # (micro-batches run, sync on?) at each switch
     real_switch = trainer.parallel.set_requires_gradient_sync
 
     def switch(requires_gradient_sync: bool, **kwargs) -> None:
-        switched.append((drawn[0], requires_gradient_sync))
+        switched.append((ran[0], requires_gradient_sync))
         real_switch(requires_gradient_sync, **kwargs)
 
     trainer.parallel.set_requires_gradient_sync = switch
     for _ in range(2):
         trainer.train_step()
     # off for micro-batches 1 and 2 of each step (back on after each), never for the third
-    assert switched == [(n, on) for n in (1, 2, 4, 5) for on in (False, True)]
+    runs_before = [3 * step + micro for step in (0, 1) for micro in (0, 1)]
+    assert switched == [
+        (n + after, on) for n in runs_before for after, on in ((0, False), (1, True))
+    ]
 
 
 def test_fsdp_outside_torchrun_is_a_one_line_error(cli, text_file, tmp_path, tiny):

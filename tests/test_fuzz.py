@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qkv.attention import causal_mask, scaled_dot_product_attention
 from qkv.config import RunConfig
 from qkv.errors import QkvError
+from qkv.nn.attention import causal_mask, scaled_dot_product_attention
 from qkv.tokenizer import CharTokenizer
 
 FUZZ = settings(derandomize=True, deadline=None, max_examples=150)
@@ -59,6 +59,7 @@ def _numeric_keys() -> list[str]:
     return [
         f"{section}.{key}"
         for section, keys in tree.items()
+        if isinstance(keys, dict)  # not the "kind"
         for key, value in keys.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]

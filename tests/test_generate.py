@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from qkv.decoding.sampling import check_sampling_options, filter_top_k, filter_top_p, sample_next
 from qkv.errors import QkvError
-from qkv.generate import check_sampling_options, filter_top_k, filter_top_p, sample_next
 
 
 def test_top_k_keeps_exactly_the_k_largest():

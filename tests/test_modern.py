@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.attention import MultiHeadAttention
-from qkv.blocks import SwiGLUFeedForward, make_norm
 from qkv.config import GPTConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
-from qkv.positional import RotaryEmbedding
+from qkv.nn.attention import MultiHeadAttention
+from qkv.nn.blocks import SwiGLUFeedForward, make_norm
+from qkv.nn.positional import RotaryEmbedding
 
 
 def test_rotary_scores_depend_only_on_the_offset():

@@ -13,7 +13,7 @@ from qkv.checkpoint import load_trainer_state
 from qkv.config import GPTConfig, TrainConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
-from qkv.optim import GroupedMuon, MuonWithAdamW, is_hidden_matrix, make_optimizer
+from qkv.training.optim import GroupedMuon, MuonWithAdamW, hidden_matrices, make_optimizer
 from test_train import overfit
 
 CPU = torch.device("cpu")
@@ -46,12 +46,27 @@ def test_muon_takes_the_block_matrices_and_adamw_everything_else():
     assert all(names[i] in adamw_names for i in in_adamw if model.get_parameter(names[i]).dim() < 2)
 
 
-def test_is_hidden_matrix_needs_two_dimensions_inside_a_block():
-    matrix, vector = torch.nn.Parameter(torch.ones(4, 4)), torch.nn.Parameter(torch.ones(4))
-    assert is_hidden_matrix("transformer.h.0.mlp.c_fc.weight", matrix)
-    assert not is_hidden_matrix("transformer.h.0.mlp.c_fc.bias", vector)
-    assert not is_hidden_matrix("transformer.wte.weight", matrix)
-    assert not is_hidden_matrix("lm_head.weight", matrix)
+def test_hidden_matrices_need_two_dimensions_inside_a_block():
+    model = small_gpt()
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden = {names[id(p)] for p in hidden_matrices(model)}
+    assert "transformer.h.0.mlp.c_fc.weight" in hidden
+    assert "transformer.h.0.mlp.c_fc.bias" not in hidden
+    assert "transformer.wte.weight" not in hidden
+    assert model.lm_head.weight is model.transformer.wte.weight  # so the head is not either
+
+
+def test_hidden_matrices_of_an_encoder_decoder_are_its_blocks_matrices():
+    from qkv.config import Seq2SeqConfig
+    from qkv.models.seq2seq import Seq2SeqTransformer
+
+    model = Seq2SeqTransformer(Seq2SeqConfig(vocab_size=20, n_embd=16, n_head=2, d_ff=32))
+    names = {id(p): n for n, p in model.named_parameters()}
+    hidden = sorted(names[id(p)] for p in hidden_matrices(model))
+    # per encoder block: c_attn, attn c_proj, c_fc, mlp c_proj; a decoder block adds two more
+    assert len(hidden) == 2 * 4 + 2 * 6
+    assert "decoder.0.cross_attn.c_attn.weight" in hidden
+    assert not any("embed" in n or "ln_" in n or n.endswith(".bias") for n in hidden)
 
 
 def test_a_muon_step_moves_every_direction_of_a_matrix_by_about_the_same_amount():

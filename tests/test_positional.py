@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from qkv.attention import MultiHeadAttention
-from qkv.positional import (
+from qkv.nn.attention import MultiHeadAttention
+from qkv.nn.positional import (
     LearnedPositionalEmbedding,
     SinusoidalPositionalEncoding,
     sinusoidal_table,

@@ -25,7 +25,8 @@ from qkv.checkpoint import (
 )
 from qkv.config import load_config
 from qkv.errors import QkvError, TrainingInterrupted
-from qkv.train import STOP_SIGNALS, Trainer
+from qkv.runtime import STOP_SIGNALS
+from qkv.training.loop import Trainer
 from test_cli import assert_one_line_error
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and fork")
@@ -161,7 +162,7 @@ def test_sigkill_at_random_moments_of_a_save_never_breaks_the_checkpoint(text_fi
 
         model, tokenizer, config = load_checkpoint(run_dir)  # strict: weights match config
         assert config.model == trainer.config.model
-        assert tokenizer.vocab_size == trainer.corpus.tokenizer.vocab_size
+        assert tokenizer.vocab_size == trainer.tokenizer.vocab_size
         state = load_trainer_state(run_dir)
         weights_step = checkpoint_step(run_dir)
         assert weights_step is not None and weights_step >= state["step"]

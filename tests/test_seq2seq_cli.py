@@ -76,7 +76,7 @@ def test_eval_prints_exact_match_bleu_chrf_on_the_test_split(cli, copy_run, tmp_
 
 def test_a_perfect_model_scores_one_hundred(cli, copy_run, tmp_path, monkeypatch):
     monkeypatch.setattr(
-        "qkv.seq2seq_cli.translate_texts", lambda model, tok, texts, beam, alpha: list(texts)
+        "qkv.evaluate.translate_texts", lambda model, tok, texts, beam, alpha: list(texts)
     )
     pairs = tmp_path / "pairs.tsv"  # sources equal targets: the identity is perfect
     pairs.write_text("the cat sat on the mat\tthe cat sat on the mat\n" * 3, encoding="utf-8")
@@ -122,7 +122,7 @@ def test_bad_decoding_options_are_one_line_errors(cli, copy_run, args, fragment)
 
 def test_translate_on_a_gpt_checkpoint_is_a_one_line_error(cli, trained_run):
     result = cli("translate", "--checkpoint", trained_run.run_dir, "x")
-    assert_one_line_error(result, "holds a GPT, not a seq2seq model")
+    assert_one_line_error(result, "holds a gpt model: use qkv sample or qkv eval")
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,6 @@ def test_translate_on_a_gpt_checkpoint_is_a_one_line_error(cli, trained_run):
     [
         (["--model", "gpt", "--task", "dates"], "--task and --preset are for --model seq2seq"),
         (["--task", "copy", "--data", "x.tsv"], "use --task NAME or --data FILE.tsv"),
-        (["--task", "copy", "--init-from", "x"], "--init-from is not available"),
         (["--task", "copy", "model.n_layr=2"], "unknown key model.n_layr"),
     ],
 )

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from qkv.config.seq2seq import PAD_ID, Seq2SeqRunConfig
 from qkv.data.pairs import collate
 from qkv.decoding import greedy_decode
-from qkv.seq2seq_config import PAD_ID, Seq2SeqRunConfig
-from qkv.train_seq2seq import Seq2SeqTrainer, inverse_sqrt_lr, label_smoothed_loss
+from qkv.training.loop import Trainer
+from qkv.training.translation import inverse_sqrt_lr, label_smoothed_loss
 
 
 def test_label_smoothed_loss_matches_its_formula():
@@ -65,26 +66,26 @@ def copy_config(tmp_path, **values) -> Seq2SeqRunConfig:
 
 
 def test_the_copy_task_is_learned_to_100_percent_in_a_short_cpu_run(tmp_path):
-    trainer = Seq2SeqTrainer(copy_config(tmp_path), progress=False)
+    trainer = Trainer(copy_config(tmp_path), progress=False)
     result = trainer.fit()
     from qkv.data.pairs import encode_pairs
-    from qkv.train_seq2seq import data_splits
+    from qkv.data.tasks import pair_splits
 
-    test = encode_pairs(data_splits(trainer.config).test, trainer.tokenizer, 16, "copy")
+    test = encode_pairs(pair_splits(trainer.config.data).test, trainer.tokenizer, 16, "copy")
     src, _, _ = collate(test)
     outputs = greedy_decode(trainer.model.eval(), src)
     assert [o == t for o, (_, t) in zip(outputs, test, strict=True)] == [True] * len(test)
-    assert result.val_exact_match == 1.0
+    assert result.metrics["val_exact_match"] == 1.0
     assert math.isfinite(result.val_loss)
 
 
 def test_resuming_continues_exactly_where_the_run_stopped(tmp_path):
-    straight = Seq2SeqTrainer(copy_config(tmp_path, **{"train.max_steps": 6}), progress=False)
+    straight = Trainer(copy_config(tmp_path, **{"train.max_steps": 6}), progress=False)
     straight.fit()
     config = copy_config(tmp_path, **{"train.out_dir": str(tmp_path / "b"), "train.max_steps": 3})
-    Seq2SeqTrainer(config, progress=False).fit()
+    Trainer(config, progress=False).fit()
     longer = config.with_values({"train.max_steps": 6})
-    resumed = Seq2SeqTrainer(longer, resume=True, progress=False)
+    resumed = Trainer(longer, resume=True, progress=False)
     assert resumed.step == 3
     resumed.fit()
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
@@ -95,10 +96,10 @@ def test_the_final_model_averages_the_last_snapshots(tmp_path):
     from qkv.checkpoint import load_trainer_state
 
     values = {"train.max_steps": 6, "train.average_every": 2, "train.average_last": 2}
-    averaged = Seq2SeqTrainer(copy_config(tmp_path, **values), progress=False)
+    averaged = Trainer(copy_config(tmp_path, **values), progress=False)
     averaged.fit()
     values.update({"train.average_last": 0, "train.out_dir": str(tmp_path / "plain")})
-    plain = Seq2SeqTrainer(copy_config(tmp_path, **values), progress=False)
+    plain = Trainer(copy_config(tmp_path, **values), progress=False)
     weights = {}
     for step in range(1, 7):
         plain.train_step()

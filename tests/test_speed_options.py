@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import qkv.train
+import qkv.runtime
 from qkv.checkpoint import MODEL_FILE, load_trainer_state
 from qkv.config import load_config
-from qkv.train import Trainer, amp_dtype
+from qkv.runtime import amp_dtype
+from qkv.training.loop import Trainer
 
 
 def test_mixed_precision_is_bf16_on_cuda_fp16_on_older_cards_and_off_on_cpu(monkeypatch):
@@ -28,7 +29,7 @@ def tiny_trainer(text_file, out, tiny, *extra) -> Trainer:
 
 def test_float16_training_uses_the_gradient_scaler(text_file, tmp_path, tiny, monkeypatch):
     # CPU autocast can run float16 too, which exercises the scaler path without a GPU
-    monkeypatch.setattr(qkv.train, "amp_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(qkv.runtime, "amp_dtype", lambda device: torch.float16)
     trainer = tiny_trainer(text_file, tmp_path / "run", tiny, "train.lr=1e-2")
     assert trainer.scaler.is_enabled()
     losses = [trainer.train_step().item() for _ in range(30)]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from qkv.config.seq2seq import BOS_ID, EOS_ID, PAD_ID
 from qkv.data.pairs import LengthBatches, collate, encode_pairs
 from qkv.data.tasks import (
     date_patterns,
@@ -20,7 +21,6 @@ from qkv.data.tasks import (
     synthetic_task,
 )
 from qkv.errors import QkvError
-from qkv.seq2seq_config import BOS_ID, EOS_ID, PAD_ID
 from qkv.tokenizer import Seq2SeqTokenizer
 
 

@@ -14,7 +14,8 @@ import qkv
 from qkv.checkpoint import load_trainer_state
 from qkv.config import GPTConfig, TrainConfig
 from qkv.models.gpt import GPT
-from qkv.train import learning_rate, make_optimizer
+from qkv.training.lm import learning_rate
+from qkv.training.optim import make_optimizer
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

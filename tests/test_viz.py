@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from qkv.attention import causal_mask
 from qkv.checkpoint import load_checkpoint
-from qkv.positional import sinusoidal_table
+from qkv.nn.attention import causal_mask
+from qkv.nn.positional import sinusoidal_table
 from qkv.viz.curves import curves_figure, read_metrics
 from qkv.viz.explorer import explorer_html
 from qkv.viz.heatmaps import attention_figure

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from qkv.attention import causal_mask
 from qkv.checkpoint import save_checkpoint
+from qkv.config.seq2seq import BOS_ID, EOS_ID, Seq2SeqConfig, Seq2SeqRunConfig
 from qkv.decoding import greedy_decode
 from qkv.models.seq2seq import Seq2SeqTransformer
-from qkv.seq2seq_config import BOS_ID, EOS_ID, Seq2SeqConfig, Seq2SeqRunConfig
+from qkv.nn.attention import causal_mask
 from qkv.tokenizer import Seq2SeqTokenizer
 from qkv.viz.maps import checkpoint_attention_maps, seq2seq_attention_maps
 

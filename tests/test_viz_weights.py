@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from qkv import GPT, GPTConfig
-from qkv.attention import causal_mask
+from qkv.nn.attention import causal_mask
 
 VARIANTS = {
     "learned": dict(positional="learned"),

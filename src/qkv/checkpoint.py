@@ -1,7 +1,7 @@
 """A checkpoint is a directory, written file by file, atomically, and read without pickle.
 
     model.safetensors   the weights (safetensors: plain tensors, nothing executable)
-    config.json         the effective, complete RunConfig
+    config.json         the effective, complete config tree, with its model "kind"
     tokenizer.json      the vocabulary (qkv's character format or a `tokenizers` BPE file)
     trainer.pt          the resumable snapshot: weights, optimizer, schedule position, RNG and
                         data position, for --resume; only tensors and plain values, read
@@ -43,17 +43,19 @@ from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
+from torch import nn
 
 from qkv.atomic import atomic_write
-from qkv.config import RunConfig, config_from_json
+from qkv.config import ConfigTree, ModelKind, config_from_tree, kind_of, read_json_config
 from qkv.errors import QkvError
-from qkv.models.gpt import GPT
 from qkv.tokenizer import Tokenizer, load_tokenizer
 
 MODEL_FILE = "model.safetensors"
@@ -66,8 +68,8 @@ STEP_KEY = "step"  # safetensors metadata: the training step the weights belong 
 
 def save_checkpoint(
     directory: Path,
-    model: GPT,
-    config: RunConfig,
+    model: nn.Module,
+    config: ConfigTree,
     tokenizer: Tokenizer,
     trainer_state: dict[str, Any] | None = None,
 ) -> None:
@@ -141,27 +143,6 @@ def checkpoint_step(directory: str | Path) -> int | None:
     return int(step) if step is not None and step.isdigit() else None
 
 
-def load_checkpoint(
-    directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[GPT, Tokenizer, RunConfig]:
-    """Rebuild the model from config.json and fill it from model.safetensors."""
-    directory = Path(directory)
-    if checkpoint_kind(directory) == "seq2seq":
-        raise QkvError(
-            f"{directory} holds a seq2seq model: use qkv translate or qkv eval (or qkv.load)"
-        )
-    config = config_from_json(directory / CONFIG_FILE)
-    tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
-    if config.model.vocab_size != tokenizer.vocab_size:
-        raise QkvError(
-            f"{directory}: config says vocab_size={config.model.vocab_size} but the tokenizer "
-            f"has {tokenizer.vocab_size} entries"
-        )
-    model = GPT(config.model)
-    _fill_weights(model, directory, device)
-    return model.to(device), tokenizer, config
-
-
 def load_trainer_state(directory: Path) -> dict[str, Any]:
     """Read trainer.pt with torch's weights-only unpickler: no arbitrary objects, no code."""
     path = Path(directory) / TRAINER_FILE
@@ -174,48 +155,57 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
         raise QkvError(f"{path} cannot be loaded safely: {first_line}") from None
 
 
-def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """Load a checkpoint directory -> (model in eval mode, tokenizer), ready to sample
-    (a GPT) or to translate (a `Seq2SeqTransformer`, with `qkv.decoding`)."""
-    if checkpoint_kind(directory) == "seq2seq":
-        model, tokenizer, _ = load_seq2seq_checkpoint(directory, device)
-        return model.eval(), tokenizer
-    model, tokenizer, _ = load_checkpoint(directory, device)
-    return model.eval(), tokenizer
+@dataclass
+class Checkpoint:
+    """A checkpoint directory, opened: its config.json read once and its kind looked up in
+    the table of kinds (`qkv.config.kinds`). The tokenizer and the model load on demand."""
+
+    directory: Path
+    kind: ModelKind
+    config: ConfigTree
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        tokenizer = load_tokenizer(self.directory / TOKENIZER_FILE)
+        if self.config.model.vocab_size != tokenizer.vocab_size:
+            raise QkvError(
+                f"{self.directory}: config says vocab_size={self.config.model.vocab_size} but "
+                f"the tokenizer has {tokenizer.vocab_size} entries"
+            )
+        return tokenizer
+
+    def model(self, device: str | torch.device = "cpu", config: Any = None) -> nn.Module:
+        """The kind's model, built from config.json's model table (or from `config`, one
+        with the same weights) and filled from model.safetensors."""
+        _ = self.tokenizer  # a vocabulary that does not fit the config is reported first
+        model = self.kind.model_class()(config or self.config.model)
+        _fill_weights(model, self.directory, device)
+        return model.to(device)
 
 
-def checkpoint_kind(directory: str | Path) -> str:
-    """ "seq2seq" for an encoder-decoder checkpoint, "gpt" otherwise (by config.json's kind)."""
-    from qkv.config import read_json_config
-
-    path = Path(directory) / CONFIG_FILE
-    if not Path(directory).is_dir():
-        raise QkvError(f"checkpoint {directory} does not exist or is not a directory")
-    tree = read_json_config(path, f"is {directory} a qkv checkpoint?")
-    return "seq2seq" if tree.get("kind") == "seq2seq" else "gpt"
-
-
-def load_seq2seq_checkpoint(directory: str | Path, device: str | torch.device = "cpu"):
-    """-> (Seq2SeqTransformer, Seq2SeqTokenizer, Seq2SeqRunConfig), like `load_checkpoint`."""
-    from qkv.config import read_json_config
-    from qkv.models.seq2seq import Seq2SeqTransformer
-    from qkv.seq2seq_config import Seq2SeqRunConfig
-
+def open_checkpoint(directory: str | Path) -> Checkpoint:
+    """Open a checkpoint directory: read config.json once, find its kind."""
     directory = Path(directory)
-    if checkpoint_kind(directory) != "seq2seq":
-        raise QkvError(f"{directory} holds a GPT, not a seq2seq model: use qkv sample")
+    if not directory.is_dir():
+        raise QkvError(f"checkpoint {directory} does not exist or is not a directory")
     path = directory / CONFIG_FILE
     tree = read_json_config(path, f"is {directory} a qkv checkpoint?")
-    config = Seq2SeqRunConfig.from_dict(tree, origin=str(path))
-    tokenizer = load_tokenizer(directory / TOKENIZER_FILE)
-    if config.model.vocab_size != tokenizer.vocab_size:
-        raise QkvError(
-            f"{directory}: config says vocab_size={config.model.vocab_size} but the tokenizer "
-            f"has {tokenizer.vocab_size} entries"
-        )
-    model = Seq2SeqTransformer(config.model)
-    _fill_weights(model, directory, device)
-    return model.to(device), tokenizer, config
+    return Checkpoint(directory, kind_of(tree, str(path)), config_from_tree(tree, str(path)))
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Tokenizer, ConfigTree]:
+    """-> (model, tokenizer, config) of a checkpoint of any kind."""
+    checkpoint = open_checkpoint(directory)
+    return checkpoint.model(device), checkpoint.tokenizer, checkpoint.config
+
+
+def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Tokenizer]:
+    """Load a checkpoint directory -> (model in eval mode, tokenizer), ready to sample
+    (a GPT) or to translate (a `Seq2SeqTransformer`, with `qkv.decoding`)."""
+    model, tokenizer, _ = load_checkpoint(directory, device)
+    return model.eval(), tokenizer
 
 
 def _fill_weights(model: torch.nn.Module, directory: Path, device: str | torch.device) -> None:

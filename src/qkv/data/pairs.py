@@ -18,9 +18,9 @@ import random
 import torch
 from torch import Tensor
 
+from qkv.config.choices import BOS_ID, EOS_ID, PAD_ID
 from qkv.data.tasks import Pair
 from qkv.errors import QkvError
-from qkv.seq2seq_config import BOS_ID, EOS_ID, PAD_ID
 
 Example = tuple[list[int], list[int]]  # (source ids + <eos>, target ids)
 POOL_BATCHES = 50
@@ -85,13 +85,17 @@ class LengthBatches:
         src, tgt = self.examples[index]
         return len(src), len(tgt)
 
-    def next_batch(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+    def next_examples(self) -> list[Example]:
+        """The examples of the next batch (a new epoch is shuffled when one runs out)."""
         if self.position == len(self._batches):
             self.epoch, self.position = self.epoch + 1, 0
             self._batches = self._epoch_batches(self.epoch)
         batch = self._batches[self.position]
         self.position += 1
-        return collate([self.examples[i] for i in batch], device)
+        return [self.examples[i] for i in batch]
+
+    def next_batch(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor]:
+        return collate(self.next_examples(), device)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}

@@ -201,3 +201,10 @@ def load_pairs(
     if source in SYNTHETIC:
         return synthetic_task(source, n_train, n_val, n_test, seed, synthetic_len)
     return split_pairs(read_pairs(source), seed, source)
+
+
+def pair_splits(data) -> PairSplits:
+    """The splits a seq2seq run's [data] table (`Seq2SeqDataConfig`) describes."""
+    return load_pairs(
+        data.source, data.n_train, data.n_val, data.n_test, data.seed, data.synthetic_len
+    )

@@ -6,7 +6,8 @@ Shape legend:
 
 The model (Radford et al., 2018 and 2019; the notes' decoder with masked self-attention):
 
-    x_0 = E[idx] + P[0..T-1]                token embedding plus positions   (B, T, C)
+    x_0 = E[idx] (+ P[0..T-1])              token embedding, plus absolute positions (B, T, C)
+                                            (the default, rotary, turns q and k instead)
     x_l = Block_l(x_{l-1}), l = 1..L        causal self-attention + FFN, residual, LayerNorm
     logits = LN(x_L) E^T                    the LM head shares the embedding matrix E (B, T, V)
     loss = mean cross-entropy(logits_t, idx_{t+1})
@@ -25,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention import KVCache
-from qkv.blocks import make_block, make_norm
-from qkv.config import GPTConfig
+from qkv.config.gpt import GPTConfig
+from qkv.decoding.sampling import sample_stream
 from qkv.errors import QkvError
-from qkv.generate import sample_stream
-from qkv.positional import RotaryEmbedding, make_positional
+from qkv.nn.attention import KVCache
+from qkv.nn.blocks import TransformerBlock, make_norm
+from qkv.nn.positional import RotaryEmbedding, make_positional
 
 
 class GPT(nn.Module):
@@ -61,12 +62,12 @@ class GPT(nn.Module):
 
     @staticmethod
     def _make_block(config: GPTConfig, rotary: nn.Module | None) -> nn.Module:
-        return make_block(
-            config.norm,
+        return TransformerBlock(
             config.n_embd,
             config.n_head,
             n_kv_head=config.n_kv_head,
             activation=config.activation,
+            norm=config.norm,
             norm_type=config.norm_type,
             bias=config.bias,
             dropout=config.dropout,

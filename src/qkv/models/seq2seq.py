@@ -7,7 +7,7 @@ Shape legend:
 The model (paper, section 3 and figure 1):
 
     x_0 = E[src] * sqrt(C) + PE(0..S-1)                    source embedding   (B, S, C)
-    x_l = EncoderBlock_l(x_{l-1}, mask = source padding)   bidirectional self-attention + FFN
+    x_l = Block_l(x_{l-1}, mask = source padding)          bidirectional self-attention + FFN
     memory = x_L                                           (B, S, C)
     y_0 = E[tgt_in] * sqrt(C) + PE(0..T-1)                 target, shifted right by <bos>
     y_l = DecoderBlock_l(y_{l-1}, memory)                  causal self-attn, cross-attn, FFN
@@ -23,6 +23,13 @@ padding only ever follows the real tokens, which the causal mask already hides.
 Decoding one token at a time (`start_decoding`) keeps each decoder layer's self-attention
 keys and values in a growing `KVCache`, and projects the encoder's output to cross-attention
 keys and values once.
+
+The encoder's blocks are the GPT's `TransformerBlock` without the causal mask, the decoder's
+are `DecoderBlock`s (that block plus cross-attention), so every option of the GPT's blocks
+(pre-norm, RMSNorm, SwiGLU, grouped-query attention, rotary positions in self-attention)
+works here too. Checkpoints written before the blocks were shared named the norms
+`res_attn.norm`, `res_cross.norm` and `res_mlp.norm`; they are renamed to `ln_1`, `ln_cross`
+and `ln_2` when loaded (`_rename_old_norms`).
 """
 
 from __future__ import annotations
@@ -32,13 +39,19 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qkv.attention import KVCache, key_padding_mask, reorder_cache
-from qkv.blocks import DecoderBlock, EncoderBlock, make_norm
+from qkv.config.choices import PAD_ID
+from qkv.config.seq2seq import Seq2SeqConfig
 from qkv.errors import QkvError
-from qkv.positional import make_positional
-from qkv.seq2seq_config import PAD_ID, Seq2SeqConfig
+from qkv.nn.attention import KVCache, key_padding_mask, reorder_cache
+from qkv.nn.blocks import DecoderBlock, TransformerBlock, make_norm
+from qkv.nn.positional import RotaryEmbedding, make_positional
 
 AttentionMaps = dict[str, list[Tensor]]
+OLD_NORM_NAMES = {
+    "res_attn.norm.": "ln_1.",
+    "res_cross.norm.": "ln_cross.",
+    "res_mlp.norm.": "ln_2.",
+}
 
 
 def _final_norm(config: Seq2SeqConfig) -> nn.Module:
@@ -61,26 +74,34 @@ class Seq2SeqTransformer(nn.Module):
         self.tgt_embed = (
             self.src_embed if c.tie_embeddings else nn.Embedding(c.vocab_size, c.n_embd)
         )
-        self.positions = make_positional(c.positional, c.max_len, c.n_embd)
+        self.positions = make_positional(c.positional, c.max_len, c.n_embd)  # None: rotary
         self.drop = nn.Dropout(c.dropout)
+        rotary = None
+        if c.positional == "rotary":  # one table of angles for every self-attention
+            rotary = RotaryEmbedding(c.n_embd // c.n_head, c.max_len)
         options = dict(
+            d_ff=c.d_ff,
+            n_kv_head=c.n_kv_head,
             norm=c.norm,
             norm_type=c.norm_type,
             activation=c.activation,
             bias=c.bias,
             dropout=c.dropout,
+            rotary=rotary,
         )
         self.encoder = nn.ModuleList(
-            EncoderBlock(c.n_embd, c.n_head, c.d_ff, **options) for _ in range(c.n_encoder_layer)
+            TransformerBlock(c.n_embd, c.n_head, causal=False, **options)
+            for _ in range(c.n_encoder_layer)
         )
         self.decoder = nn.ModuleList(
-            DecoderBlock(c.n_embd, c.n_head, c.d_ff, **options) for _ in range(c.n_decoder_layer)
+            DecoderBlock(c.n_embd, c.n_head, **options) for _ in range(c.n_decoder_layer)
         )
         self.encoder_norm, self.decoder_norm = _final_norm(c), _final_norm(c)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.tgt_embed.weight  # logits = y E^T
         self.apply(self._init_weights)
+        self.register_load_state_dict_pre_hook(_rename_old_norms)
 
     def _init_weights(self, module: nn.Module) -> None:
         """Glorot-uniform matrices, zero biases (the Annotated Transformer); embeddings
@@ -97,7 +118,8 @@ class Seq2SeqTransformer(nn.Module):
 
     # -- the two halves --------------------------------------------------------------------
 
-    def _embed(self, embedding: nn.Embedding, ids: Tensor, start: int = 0) -> Tensor:
+    def _embed(self, embedding: nn.Embedding, ids: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        """ids (B, T) -> embedded tokens (B, T, C) and their positions (T,)."""
         end = start + ids.size(1)
         if end > self.config.max_len:
             raise QkvError(
@@ -105,7 +127,9 @@ class Seq2SeqTransformer(nn.Module):
             )
         positions = torch.arange(start, end, device=ids.device)  # (T,)
         x = embedding(ids) * math.sqrt(self.config.n_embd)  # (B, T, C)
-        return self.drop(x + self.positions(positions))  # (B, T, C) + (T, C)
+        if self.positions is not None:
+            x = x + self.positions(positions)  # (B, T, C) + (T, C)
+        return self.drop(x), positions
 
     @staticmethod
     def source_mask(src: Tensor) -> Tensor:
@@ -118,10 +142,11 @@ class Seq2SeqTransformer(nn.Module):
         """src (B, S) -> memory (B, S, C), and the encoder's self-attention weights per layer
         (B, H, S, S) when asked (else an empty list)."""
         src_mask = self.source_mask(src) if src_mask is None else src_mask
-        x = self._embed(self.src_embed, src)
+        x, positions = self._embed(self.src_embed, src)
         maps = []
         for block in self.encoder:
-            x, weights = block(x, src_mask, return_weights=return_weights)  # (B, S, C)
+            out = block(x, src_mask, positions, return_weights=return_weights)
+            x, weights = out if return_weights else (out, None)  # (B, S, C)
             maps.append(weights)
         return self.encoder_norm(x), maps if return_weights else []
 
@@ -145,11 +170,14 @@ class Seq2SeqTransformer(nn.Module):
         continue from the caches' length.
         """
         start = caches[0].length if caches else 0
-        y = self._embed(self.tgt_embed, tgt, start)  # (B, T, C)
+        y, positions = self._embed(self.tgt_embed, tgt, start)  # (B, T, C)
         caches = caches or [None] * len(self.decoder)
         self_maps, cross_maps = [], []
         for block, kv, cache in zip(self.decoder, memory_kv, caches, strict=True):
-            y, self_w, cross_w = block(y, kv, src_mask, cache=cache, return_weights=return_weights)
+            out = block(
+                y, kv, src_mask, positions=positions, cache=cache, return_weights=return_weights
+            )
+            y, self_w, cross_w = out if return_weights else (out, None, None)
             self_maps.append(self_w)
             cross_maps.append(cross_w)
         logits = self.lm_head(self.decoder_norm(y))  # (B, T, V)
@@ -233,3 +261,12 @@ class DecoderSession:
         self.prefix = self.prefix.index_select(0, order)
         for cache in self.caches or []:
             reorder_cache(cache, order)
+
+
+def _rename_old_norms(module, state_dict, prefix, *args) -> None:
+    """Give a state dict from before the shared blocks today's names (a load_state_dict
+    pre-hook): `encoder.0.res_attn.norm.weight` -> `encoder.0.ln_1.weight`, and so on."""
+    for key in list(state_dict):
+        for old, new in OLD_NORM_NAMES.items():
+            if key.startswith(prefix) and f".{old}" in key:
+                state_dict[key.replace(f".{old}", f".{new}")] = state_dict.pop(key)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qkv.config.choices import BOS_ID, EOS_ID, PAD_ID
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
 from qkv.models.seq2seq import Seq2SeqTransformer
-from qkv.seq2seq_config import BOS_ID, EOS_ID, PAD_ID
 from qkv.tokenizer import Seq2SeqTokenizer, Tokenizer
 
 
@@ -171,15 +171,13 @@ def _stack(per_layer: list[torch.Tensor]) -> np.ndarray:
 def checkpoint_attention_maps(
     directory: str | Path, text: str, device: str | torch.device = "cpu"
 ) -> list[AttentionMap]:
-    """Load a checkpoint and collect the attention maps of its model over `text`."""
-    from qkv.checkpoint import checkpoint_kind, load_checkpoint, load_seq2seq_checkpoint
+    """Load a checkpoint and collect the attention maps of its model over `text` (each model
+    kind names its own function in the table of kinds)."""
+    from qkv.checkpoint import open_checkpoint
 
     if not text:  # before loading anything: the cheapest mistake to report
         raise QkvError("--text is empty: give the text whose attention to draw")
-    if checkpoint_kind(directory) == "seq2seq":
-        model, tokenizer, _ = load_seq2seq_checkpoint(directory, device)
-        return seq2seq_attention_maps(model, tokenizer, text)
-    model, tokenizer, _ = load_checkpoint(directory, device)
-    if isinstance(model, GPT):
-        return gpt_attention_maps(model, tokenizer, text)
-    raise QkvError(f"{directory}: qkv attention cannot draw a {type(model).__name__} yet")
+    checkpoint = open_checkpoint(directory)
+    draw = checkpoint.kind.verb("attention", str(directory))
+    model, tokenizer = checkpoint.model(device).eval(), checkpoint.tokenizer
+    return draw(model, tokenizer, text)

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from qkv.config import GPTConfig
+from qkv.config.gpt import GPTConfig
 from qkv.errors import QkvError
-from qkv.positional import RotaryEmbedding, sinusoidal_table
+from qkv.nn.positional import RotaryEmbedding, sinusoidal_table
 from qkv.viz.style import new_figure, save_figure
 
 SINUSOIDAL = "sinusoidal"  # `qkv plot --positions sinusoidal`: the paper's table, no checkpoint
@@ -77,10 +77,8 @@ def positions_figure(table: np.ndarray, kind: str, title: str) -> Figure:
     return figure
 
 
-def _checkpoint_table(directory: str | Path) -> tuple[np.ndarray, str, str]:
-    from qkv.checkpoint import load_checkpoint
-
-    model, _, config = load_checkpoint(directory)
+def checkpoint_positions(model, config, directory: str | Path) -> tuple[np.ndarray, str, str]:
+    """A GPT checkpoint's positional table, its kind and a title."""
     kind = config.model.positional
     what = f"{directory}: {kind} positions, {config.model.block_size} x {config.model.n_embd}"
     if kind == "rotary":
@@ -96,5 +94,9 @@ def plot_positions(source: str | Path, out: str | Path) -> Path:
         table = positional_table(SINUSOIDAL, defaults, None)
         what = f"the paper's sinusoids, {defaults.block_size} positions x {defaults.n_embd}"
         return save_figure(positions_figure(table, SINUSOIDAL, what), out, dpi=90)
-    table, kind, what = _checkpoint_table(source)
+    from qkv.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(source)
+    positions = checkpoint.kind.verb("positions", str(source))
+    table, kind, what = positions(checkpoint.model(), checkpoint.config, source)
     return save_figure(positions_figure(table, kind, what), out, dpi=90)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from qkv.config.choices import BOS_ID, EOS_ID, PAD_ID
 from qkv.errors import QkvError
-from qkv.seq2seq_config import BOS_ID, EOS_ID, PAD_ID
 
 
 def length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:

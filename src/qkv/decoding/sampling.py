@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from qkv.errors import QkvError
+from qkv.tokenizer.base import Tokenizer, decode_stream
 
 
 def check_sampling_options(
@@ -89,3 +90,28 @@ def sample_stream(
         token = sample_next(next_logits(idx), temperature, top_k, top_p, generator)
         idx = torch.cat([idx, token], dim=1)  # (B, T + 1)
         yield token
+
+
+def stream_text(
+    model,
+    tokenizer: Tokenizer,
+    prompt: str = "",
+    max_new_tokens: int = 500,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
+    """The prompt's text, then the text of each new token as soon as it is sampled.
+
+    Without a prompt, sampling starts where the tokenizer says texts start (a newline, or
+    GPT-2's <|endoftext|>, shown as nothing). A byte-level token may end inside a character:
+    only whole characters come out (`decode_stream`).
+    """
+    check_sampling_options(max_new_tokens, temperature, top_k, top_p)
+    text, ids = (prompt, tokenizer.encode(prompt)) if prompt else tokenizer.empty_prompt()
+    yield text
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], device=device)  # (1, T)
+    tokens = model.stream(idx, max_new_tokens, temperature, top_k, top_p, generator)
+    yield from decode_stream(tokenizer, (token[0].item() for token in tokens))

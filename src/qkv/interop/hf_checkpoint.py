@@ -24,10 +24,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from qkv.checkpoint import CONFIG_FILE, load_checkpoint, save_checkpoint
+from qkv.checkpoint import CONFIG_FILE, Checkpoint, open_checkpoint, save_checkpoint
 from qkv.config import DataConfig, GPTConfig, RunConfig, read_json_config
 from qkv.errors import QkvError
-from qkv.interop import from_hf, gpt_config, require_transformers, to_hf
+from qkv.interop.gpt2 import from_hf, gpt_config, require_transformers, to_hf
 from qkv.models.gpt import GPT
 from qkv.tokenizer import BPETokenizer, Tokenizer
 
@@ -114,7 +114,7 @@ def load_weights_only(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
+def export_hf(checkpoint: Checkpoint | str | Path, out: str | Path) -> list[str]:
     """Write the qkv checkpoint as a directory that `GPT2LMHeadModel.from_pretrained` loads.
 
     Returns the names of the files written. A BPE tokenizer goes along as tokenizer.json and
@@ -122,8 +122,10 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> list[str]:
     """
     out = Path(out)
     _refuse_existing(out, HF_CONFIG_FILE)
-    model, tokenizer, _ = load_checkpoint(checkpoint)
-    hf = to_hf(model.eval())
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = open_checkpoint(checkpoint)
+    model, tokenizer = checkpoint.model().eval(), checkpoint.tokenizer
+    hf = to_hf(model)
     if isinstance(tokenizer, BPETokenizer):
         _set_end_of_text(hf, tokenizer)
     hf.save_pretrained(str(out))

@@ -1,4 +1,6 @@
-"""Optimizers: AdamW for everything, or Muon for the blocks' weight matrices with AdamW beside it.
+"""Optimizers: AdamW or Adam for everything, or Muon for the blocks' weight matrices with AdamW
+beside it. Every model kind gets them the same way: Muon's matrices are the 2-D weights of
+the model's `TransformerBlock`s (the GPT's blocks, the encoder's and the decoder's).
 
 AdamW (Loshchilov & Hutter, 2019) keeps running means of each gradient and of its square,
 steps by their ratio, and decays the weights apart from the gradient step:
@@ -6,7 +8,8 @@ steps by their ratio, and decays the weights apart from the gradient step:
     m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,   w -= lr (m^ / (sqrt(v^) + eps) + wd w)
 
 Weight decay applies to the matrices only (embeddings, projections), never to biases or norm
-gains. Muon (Jordan et al., 2024, "Muon: an optimizer for the hidden layers of neural
+gains. `adam` is the paper's choice for the encoder-decoder (Kingma & Ba, 2015; no decay).
+Muon (Jordan et al., 2024, "Muon: an optimizer for the hidden layers of neural
 networks"; `torch.optim.Muon`) treats a weight matrix as a matrix: it keeps a Nesterov momentum
 M of the gradient and steps along its orthogonalisation,
 
@@ -36,40 +39,63 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qkv.config import OPTIMIZERS, TrainConfig
+from qkv.config.choices import OPTIMIZERS
+from qkv.config.train import LoopConfig
 from qkv.errors import QkvError
+from qkv.nn.blocks import TransformerBlock
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Any:
-    """The optimizer `cfg.optimizer` names, over the model's trainable parameters."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+def make_optimizer(
+    model: nn.Module, cfg: LoopConfig, device: torch.device, lr: float | None = None
+) -> Any:
+    """The optimizer `cfg.optimizer` names, over the model's trainable parameters.
+
+    `lr` is the first learning rate (default `cfg.lr`); a schedule sets it before each step.
+    """
+    lr = cfg.lr if lr is None else lr
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = device.type in ("cuda", "cpu")  # one kernel for all parameters
     if cfg.optimizer == "adamw":
-        return make_adamw([p for _, p in named], cfg, device)
+        return make_adamw(params, cfg, device, lr)
+    if cfg.optimizer == "adam":
+        betas = (cfg.beta1, cfg.beta2)
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=cfg.eps, fused=fused)
     if cfg.optimizer == "muon":
         if not hasattr(torch.optim, "Muon"):
             raise QkvError(f"train.optimizer='muon' needs torch >= 2.9, not {torch.__version__}")
-        hidden = [p for n, p in named if is_hidden_matrix(n, p)]
-        rest = [p for n, p in named if not is_hidden_matrix(n, p)]
+        hidden = {id(p) for p in hidden_matrices(model)}
         muon = GroupedMuon(
-            hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"
+            [p for p in params if id(p) in hidden],
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            adjust_lr_fn="match_rms_adamw",
         )
-        return MuonWithAdamW(muon, make_adamw(rest, cfg, device))
+        rest = [p for p in params if id(p) not in hidden]
+        return MuonWithAdamW(muon, make_adamw(rest, cfg, device, lr))
     raise QkvError(f"train.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
-def make_adamw(params: list[nn.Parameter], cfg: TrainConfig, device: torch.device):
+def make_adamw(params: list[nn.Parameter], cfg: LoopConfig, device: torch.device, lr: float):
     """AdamW with weight decay on the matrices only; fused (one kernel) on CPU and CUDA."""
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     fused = device.type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    betas = (cfg.beta1, cfg.beta2)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.eps, fused=fused)
 
 
-def is_hidden_matrix(name: str, param: nn.Parameter) -> bool:
-    """A 2-D weight inside a Transformer block: attention and feed-forward projections."""
-    return param.dim() == 2 and ".h." in f".{name}"
+def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
+    """The 2-D weights inside the model's Transformer blocks: the attention and feed-forward
+    projections (not the embeddings, the tied output head, biases or norm gains)."""
+    seen: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, TransformerBlock):
+            for param in module.parameters():
+                if param.dim() == 2:
+                    seen[id(param)] = param
+    return list(seen.values())
 
 
 def _lr_ratio(adjust_lr_fn: str | None, rows: int, cols: int) -> float:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from qkv.config import GPTConfig
+from qkv.config.gpt import GPTConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
 

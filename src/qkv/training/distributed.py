@@ -43,11 +43,13 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.nn.parallel import DistributedDataParallel
 
 from qkv.errors import QkvError
+from qkv.nn.blocks import TransformerBlock
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -146,13 +148,14 @@ def short_reason(exc: BaseException) -> str:
 def parallelize(model: nn.Module, world: World, fsdp: bool) -> nn.Module:
     """The module the training step calls: DDP around `model`, or `model` sharded in place.
 
-    FSDP2 shards each Transformer block as one unit (gathered when it runs), then the root,
-    which keeps the rest (embeddings, the tied head, the last norm). The tied head and
-    embedding stay one parameter: sharding replaces it once, under both names.
+    FSDP2 shards each Transformer block (a GPT's, an encoder's or a decoder's) as one unit
+    (gathered when it runs), then the root, which keeps the rest (embeddings, the tied head,
+    the last norm). The tied head and embedding stay one parameter: sharding replaces it
+    once, under both names.
     """
     if fsdp:
         fully_shard = _fully_shard()
-        for block in model.transformer.h:
+        for block in [m for m in model.modules() if isinstance(m, TransformerBlock)]:
             fully_shard(block)
         fully_shard(model)
         return model
@@ -189,6 +192,21 @@ def gradient_sync(module: nn.Module, sync: bool):
 
 
 @contextmanager
+def unsharded(module: nn.Module) -> Iterator[None]:
+    """Within: an FSDP2 root's own parameters are whole, so methods other than `forward`
+    (an encoder-decoder's `encode` and `decode`) can run; the blocks gather theirs as they
+    run. Every rank must enter it together. A plain module is left as it is."""
+    if not hasattr(module, "unshard"):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
+
+
+@contextmanager
 def _fsdp_no_sync(module: nn.Module) -> Iterator[None]:
     module.set_requires_gradient_sync(False)
     try:
@@ -218,6 +236,13 @@ def largest(values: list[float], world: World, device: torch.device) -> list[flo
     if not world.launched:
         return values
     return _all_reduce(values, dist.ReduceOp.MAX, device)
+
+
+def total(value: float, world: World, device: torch.device) -> float:
+    """The sum of a number over the ranks."""
+    if not world.launched:
+        return value
+    return _all_reduce([value], dist.ReduceOp.SUM, device)[0]
 
 
 def all_ranks(flag: bool, world: World, device: torch.device) -> bool:
@@ -256,6 +281,23 @@ def full_state(
         model_state = get_model_state_dict(model, options=FULL_ON_CPU)
         return model_state, get_optimizer_state_dict(model, optimizers, options=FULL_ON_CPU)
     return model.state_dict(), get_optimizer_state_dict(model, optimizers)
+
+
+def full_model_state(model: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """The whole model state dict: the module's own, or (sharded) gathered on rank 0's CPU,
+    with empty dicts on the other ranks (every rank must call it)."""
+    if sharded:
+        return get_model_state_dict(model, options=FULL_ON_CPU)
+    return model.state_dict()
+
+
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:
+    """Load a whole state dict (rank 0's, when sharded: it is broadcast to every shard)."""
+    if not sharded:
+        model.load_state_dict(state)
+        return
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, state, options=options)
 
 
 def load_optimizer_state(

@@ -1,0 +1,90 @@
+"""What `qkv bench` measures and how long: `Plan`, its training cases, and the two plans.
+
+`full_plan` holds the sizes of the table in benchmarks/RESULTS.md, `quick_plan` tiny sizes
+that run every code path in a few seconds (what the tests use). Training cases are moved
+to the nearest config GPT-2 can represent, so that the HF peer can run the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from qkv.config import GPTConfig, TrainConfig
+from qkv.interop import nearest_gpt2
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    label: str
+    model: GPTConfig
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure and how long: `full_plan` for the table, `quick_plan` for tests."""
+
+    matmul_n: int
+    train_cases: tuple[TrainCase, ...]
+    muon_model: GPTConfig
+    gen_model: GPTConfig
+    gen_prompts: tuple[int, ...]
+    gen_new_tokens: int
+    attn_lengths: tuple[int, ...]
+    attn_heads: int = 4
+    attn_head_size: int = 64
+    rounds: int = 7  # alternating rounds per row; each row reports the fastest
+    min_round_s: float = 1.0  # a training round repeats the step until it lasts this long
+    gen_rounds: int = 3
+    matmul_repeats: int = 10
+
+
+def _describe(m: GPTConfig, batch_size: int) -> str:
+    return f"{m.n_layer}L/{m.n_embd}C/{m.n_head}H ctx{m.block_size} B{batch_size} {m.activation}"
+
+
+def _train_case(name: str, model: GPTConfig, batch_size: int) -> TrainCase:
+    """A case GPT-2 can run: the nearest representable config, with what changed in the label."""
+    model, changes = nearest_gpt2(model)
+    changed = f", {', '.join(changes)}" if changes else ""
+    return TrainCase(f"{name} {_describe(model, batch_size)}{changed}", model, batch_size)
+
+
+def full_plan() -> Plan:
+    """The sizes of the table in benchmarks/RESULTS.md (about 2 minutes on 2 CPU cores)."""
+    default = GPTConfig(vocab_size=65)  # qkv's defaults, tinyshakespeare's 65 characters
+    target = dataclasses.replace(default, n_layer=6, n_embd=384, n_head=6, block_size=256)
+    return Plan(
+        matmul_n=2048,
+        train_cases=(
+            _train_case("default", default, TrainConfig().batch_size),
+            _train_case("target", target, 8),
+        ),
+        muon_model=default,
+        gen_model=nearest_gpt2(dataclasses.replace(default, block_size=1024))[0],
+        gen_prompts=(16, 512),
+        gen_new_tokens=256,
+        attn_lengths=(256, 512, 1024, 2048, 4096, 8192),
+    )
+
+
+def quick_plan() -> Plan:
+    """Tiny sizes: every code path in a few seconds."""
+    tiny = GPTConfig(vocab_size=65, block_size=16, n_layer=1, n_embd=32, n_head=2)
+    tiny = nearest_gpt2(tiny)[0]
+    return Plan(
+        matmul_n=128,
+        train_cases=(_train_case("tiny", tiny, 2),),
+        muon_model=tiny,
+        gen_model=dataclasses.replace(tiny, block_size=32),
+        gen_prompts=(4,),
+        gen_new_tokens=8,
+        attn_lengths=(32, 64),
+        attn_heads=2,
+        attn_head_size=16,
+        rounds=2,
+        min_round_s=0.0,
+        gen_rounds=1,
+        matmul_repeats=2,
+    )

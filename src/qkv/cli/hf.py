@@ -1,0 +1,60 @@
+"""`qkv import-hf` and `qkv export-hf`: Hugging Face GPT-2 directories in and out."""
+
+from __future__ import annotations
+
+import argparse
+
+from qkv.cli.common import add_verb
+
+
+def add_import_hf(verbs) -> None:
+    p = add_verb(
+        verbs,
+        "import-hf",
+        help="Hugging Face GPT-2 directory -> qkv checkpoint",
+        description="Convert a local Hugging Face GPT-2 directory (config.json, model.safetensors "
+        "or pytorch_model.bin, and tokenizer.json or vocab.json + merges.txt) into a qkv "
+        "checkpoint that qkv sample, eval and train --init-from read. Nothing is downloaded. "
+        'Needs transformers: pip install "qkv[bench]".',
+    )
+    p.add_argument("directory", metavar="DIR", help="the Hugging Face model directory")
+    p.add_argument("out", metavar="OUT", help="the qkv checkpoint directory to write")
+    p.set_defaults(run=cmd_import_hf)
+
+
+def add_export_hf(verbs) -> None:
+    p = add_verb(
+        verbs,
+        "export-hf",
+        help="qkv checkpoint -> Hugging Face GPT-2 directory",
+        description="Write a qkv checkpoint as config.json + model.safetensors (+ tokenizer "
+        "files for a BPE tokenizer) that transformers.GPT2LMHeadModel.from_pretrained loads. "
+        "The model must be one GPT-2 can express: model.positional=learned, norm=pre, "
+        'layernorm, gelu or relu. Needs transformers: pip install "qkv[bench]".',
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a qkv checkpoint directory")
+    p.add_argument("out", metavar="OUT", help="the Hugging Face directory to write")
+    p.set_defaults(run=cmd_export_hf)
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from qkv.interop.hf_checkpoint import import_hf
+
+    imported = import_hf(args.directory, args.out)
+    config = imported.model.config
+    print(
+        f"imported GPT-2: {imported.model.num_params() / 1e6:.2f}M parameters, "
+        f"{config.n_layer} layers, context {config.block_size}, vocab {config.vocab_size}; "
+        f"checkpoint in {imported.out_dir}"
+    )
+    return 0
+
+
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from qkv.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(args.checkpoint)
+    export_hf = checkpoint.kind.verb("export-hf", args.checkpoint)
+    files = export_hf(checkpoint, args.out)
+    print(f"exported {args.checkpoint} to {args.out}: {', '.join(files)}")
+    return 0

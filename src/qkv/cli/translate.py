@@ -1,0 +1,43 @@
+"""`qkv translate`: strings through a checkpoint that maps sources to targets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from qkv.checkpoint import open_checkpoint
+from qkv.cli.common import add_device, add_verb
+from qkv.runtime import resolve_device
+
+
+def add_translate(verbs) -> None:
+    p = add_verb(
+        verbs,
+        "translate",
+        help="translate text with a seq2seq checkpoint",
+        description="Translate each TEXT (or, without any, each line of stdin) with a seq2seq "
+        "checkpoint; one output line per input.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument(
+        "--beam", type=int, default=4, metavar="N", help="beam size (default 4; 1 is greedy)"
+    )
+    p.add_argument(
+        "--alpha", type=float, default=0.6, metavar="A", help="length penalty (default 0.6)"
+    )
+    add_device(p)
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.set_defaults(run=cmd_translate)
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from qkv.decoding.translate import check_decoding_options
+
+    check_decoding_options(args.beam, args.alpha)
+    checkpoint = open_checkpoint(args.checkpoint)
+    translate_texts = checkpoint.kind.verb("translate", args.checkpoint)
+    model = checkpoint.model(resolve_device(args.device)).eval()
+    texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
+    for line in translate_texts(model, checkpoint.tokenizer, texts, args.beam, args.alpha):
+        print(line)
+    return 0

@@ -1,0 +1,47 @@
+"""What a setting may be: the choice lists and the checks every config table uses.
+
+They live here, beside the configs and away from the modules that implement them, so that
+reading a config (or a tokenizer) never imports torch. `qkv.nn` builds from these names.
+"""
+
+from __future__ import annotations
+
+from qkv.errors import QkvError
+
+ACTIVATIONS = ("relu", "gelu", "swiglu")  # the feed-forward network's non-linearity
+NORM_PLACEMENTS = ("pre", "post")  # where the norm sits around each sub-layer
+NORM_TYPES = ("layernorm", "rmsnorm")
+POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("adamw", "adam", "muon")  # muon: the blocks' matrices, AdamW/Adam beside it
+TOKENIZER_KINDS = ("char", "bpe")  # or a directory with a pretrained tokenizer (GPT runs)
+
+# The encoder-decoder's special tokens: the same ids in every seq2seq vocabulary.
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
+
+
+def check_positive(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if value <= 0:
+            raise QkvError(f"{type(owner).__name__}.{name} must be positive, got {value}")
+
+
+def check_not_negative(table: str, owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if value < 0:
+            raise QkvError(f"{table}.{name} must not be negative, got {value}")
+
+
+def check_choice(owner: object, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(owner, name)
+    if value not in choices:
+        raise QkvError(f"{type(owner).__name__}.{name} must be one of {choices}, got {value!r}")
+
+
+def check_fraction(owner: object, name: str, low: float = 0.0, high: float = 1.0) -> None:
+    value = getattr(owner, name)
+    if not low <= value < high:
+        raise QkvError(f"{type(owner).__name__}.{name} must be in [{low}, {high}), got {value}")

@@ -1,0 +1,147 @@
+"""The language model's recipe: next-token prediction on a text, warm-up then cosine decay.
+
+    loss = mean over the batch's B x T positions of -log p(x_{t+1} | x_<=t)
+
+The data are random windows of T + 1 consecutive ids of the train split (`BatchSampler`);
+each rank of a job takes its slice of every global batch. The learning rate warms up
+linearly over `warmup_steps`, then follows a cosine from `lr` to `min_lr` (Loshchilov &
+Hutter, 2017) over the run: over `decay_steps`, or over the wall-clock budget `max_time`
+when that runs out first, so a time-limited run still ends at min_lr. The optimizer is Muon
+for the blocks' matrices with AdamW beside it (`train.optimizer`, `training.optim`).
+Evaluation is the mean loss of the same `eval_iters` random batches of each split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qkv.config import KINDS, RunConfig, TrainConfig
+from qkv.data import BatchSampler, Corpus, prepare_corpus
+from qkv.errors import QkvError
+from qkv.runtime import autocast
+from qkv.tokenizer import Tokenizer
+from qkv.training import distributed
+from qkv.training.distributed import SINGLE, World
+from qkv.training.optim import make_optimizer
+from qkv.training.recipe import Batch, Recipe
+
+
+def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """Linear warm-up to lr over warmup_steps, then a cosine from lr down to min_lr.
+
+    The cosine's progress is the larger of the step fraction and, under a time budget, the
+    time fraction, so a run stopped by max_time still finishes its decay.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.schedule_steps - cfg.warmup_steps)
+    if cfg.max_time > 0:
+        progress = max(progress, elapsed / cfg.max_time)
+    progress = min(progress, 1.0)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+class LanguageModelRecipe(Recipe):
+    """A GPT on a text; see the module docstring."""
+
+    kind = KINDS["gpt"]
+
+    def __init__(
+        self,
+        config: RunConfig,
+        tokenizer: Tokenizer | None,
+        device: torch.device,
+        world: World = SINGLE,
+    ) -> None:
+        data = config.data
+        self.corpus = prepare_corpus(
+            data.source,
+            data.val_fraction,
+            tokenizer,
+            kind=data.tokenizer,
+            vocab_size=data.vocab_size,
+        )
+        self.tokenizer = self.corpus.tokenizer
+        model = dataclasses.replace(config.model, vocab_size=self.tokenizer.vocab_size)
+        self.config = dataclasses.replace(config, model=model)
+        _check_enough_data(self.corpus, model.block_size, data.source)
+        self.device, self.world = device, world
+        self.sampler = self._sampler(self.corpus.train, config.train.seed)
+
+    def _sampler(self, ids, seed: int) -> BatchSampler:
+        train = self.config.train
+        return BatchSampler(
+            ids,
+            self.config.model.block_size,
+            train.batch_size,
+            seed,
+            self.device,
+            rank=self.world.rank,
+            world_size=self.world.size,
+        )
+
+    def make_optimizer(self, model: nn.Module, device: torch.device) -> Any:
+        return make_optimizer(model, self.config.train, device)
+
+    def learning_rate(self, step: int, elapsed: float) -> float:
+        return learning_rate(self.config.train, step, elapsed)
+
+    def next_batch(self) -> Batch:
+        return self.sampler.next_batch()  # inputs (B, T), targets (B, T)
+
+    def count_targets(self, batch: Batch) -> int:
+        return batch[1].numel()
+
+    def loss(self, forward: Callable[..., Any], batch: Batch) -> Tensor:
+        _, loss = forward(*batch)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Mean loss on the same eval_iters random batches of each split at every eval point.
+
+        The batches come from a generator of their own, so evaluating never moves the
+        training data position or the global RNG. In a job, each rank scores its slice of the
+        global batches and the ranks average: every rank gets the same numbers.
+        """
+        model.eval()
+        losses = {}
+        for split, ids in (("eval_train_loss", self.corpus.train), ("val_loss", self.corpus.val)):
+            sampler = self._sampler(ids, self.config.train.seed + 1)
+            total = 0.0
+            for _ in range(self.config.train.eval_iters):
+                x, y = sampler.next_batch()
+                with autocast(self.device):
+                    _, loss = model(x, y)
+                total += loss.item()
+            mean = total / self.config.train.eval_iters
+            losses[split] = distributed.mean(mean, self.world, self.device)
+        model.train()
+        return losses
+
+    def describe(self, model: nn.Module) -> str:
+        return (
+            f"{model.num_params() / 1e6:.2f}M parameters, {len(self.corpus.train):,} train and "
+            f"{len(self.corpus.val):,} val tokens, vocab {self.tokenizer.vocab_size}"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+
+def _check_enough_data(corpus: Corpus, block_size: int, source: str) -> None:
+    for split, ids in (("train", corpus.train), ("val", corpus.val)):
+        if len(ids) < block_size + 1:
+            raise QkvError(
+                f"{source}: the {split} split has {len(ids)} tokens, fewer than the context "
+                f"length + 1 = {block_size + 1}; use more text or a smaller model.block_size"
+            )
