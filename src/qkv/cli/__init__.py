@@ -13,7 +13,7 @@ import sys
 from qkv.cli.bench import add_bench
 from qkv.cli.common import debug_flag
 from qkv.cli.evaluate import add_eval
-from qkv.cli.hf import add_export_hf, add_import_hf
+from qkv.cli.hf import add_hf_verbs
 from qkv.cli.sample import add_sample
 from qkv.cli.train import add_train
 from qkv.cli.translate import add_translate
@@ -29,8 +29,7 @@ VERBS = (
     add_sample,
     add_eval,
     add_bench,
-    add_import_hf,
-    add_export_hf,
+    add_hf_verbs,
     add_attention,
     add_plot,
     add_translate,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from qkv.checkpoint import open_checkpoint
-from qkv.cli.common import add_device, add_verb
+from qkv.cli.common import add_decoding_options, add_device, add_verb
 from qkv.runtime import resolve_device
 
 
@@ -13,20 +13,15 @@ def add_eval(verbs) -> None:
     p = add_verb(
         verbs,
         "eval",
+        checkpoint=True,
         help="score a checkpoint: val loss (GPT), exact match/BLEU/chrF (seq2seq)",
         description="A GPT: mean loss over every token of the val split (the last 10%). A "
         "seq2seq model: exact match, BLEU and chrF of its translations of the test split.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--data", metavar="NAME|PATH", help="default: the data the model trained on")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     add_device(p)
-    p.add_argument(
-        "--beam", type=int, default=4, metavar="N", help="seq2seq: beam size (default 4)"
-    )
-    p.add_argument(
-        "--alpha", type=float, default=0.6, metavar="A", help="seq2seq: length penalty (0.6)"
-    )
+    add_decoding_options(p, "seq2seq: ")
     p.set_defaults(run=cmd_eval)
 
 

@@ -6,35 +6,26 @@ import argparse
 
 from qkv.cli.common import add_verb
 
-
-def add_import_hf(verbs) -> None:
-    p = add_verb(
-        verbs,
-        "import-hf",
-        help="Hugging Face GPT-2 directory -> qkv checkpoint",
-        description="Convert a local Hugging Face GPT-2 directory (config.json, model.safetensors "
-        "or pytorch_model.bin, and tokenizer.json or vocab.json + merges.txt) into a qkv "
-        "checkpoint that qkv sample, eval and train --init-from read. Nothing is downloaded. "
-        'Needs transformers: pip install "qkv[bench]".',
-    )
-    p.add_argument("directory", metavar="DIR", help="the Hugging Face model directory")
-    p.add_argument("out", metavar="OUT", help="the qkv checkpoint directory to write")
-    p.set_defaults(run=cmd_import_hf)
+IMPORT_HELP = (
+    "Convert a local Hugging Face GPT-2 directory (config.json, model.safetensors or "
+    "pytorch_model.bin, and tokenizer.json or vocab.json + merges.txt) into a qkv checkpoint "
+    "that qkv sample, eval and train --init-from read. Nothing is downloaded. "
+)
+EXPORT_HELP = (
+    "Write a qkv checkpoint as config.json + model.safetensors (+ tokenizer files for a BPE "
+    "tokenizer) that transformers.GPT2LMHeadModel.from_pretrained loads. The model must be one "
+    "GPT-2 can express: model.positional=learned, norm=pre, layernorm, gelu or relu. "
+)
+NEEDS = 'Needs transformers: pip install "qkv[bench]".'
 
 
-def add_export_hf(verbs) -> None:
-    p = add_verb(
-        verbs,
-        "export-hf",
-        help="qkv checkpoint -> Hugging Face GPT-2 directory",
-        description="Write a qkv checkpoint as config.json + model.safetensors (+ tokenizer "
-        "files for a BPE tokenizer) that transformers.GPT2LMHeadModel.from_pretrained loads. "
-        "The model must be one GPT-2 can express: model.positional=learned, norm=pre, "
-        'layernorm, gelu or relu. Needs transformers: pip install "qkv[bench]".',
-    )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a qkv checkpoint directory")
-    p.add_argument("out", metavar="OUT", help="the Hugging Face directory to write")
-    p.set_defaults(run=cmd_export_hf)
+def add_hf_verbs(verbs) -> None:
+    """`qkv import-hf DIR OUT` and `qkv export-hf CHECKPOINT OUT`."""
+    for name, summary, description, arguments, command in CONVERSIONS:
+        p = add_verb(verbs, name, help=summary, description=description + NEEDS)
+        for dest, metavar, text in arguments:
+            p.add_argument(dest, metavar=metavar, help=text)
+        p.set_defaults(run=command)
 
 
 def cmd_import_hf(args: argparse.Namespace) -> int:
@@ -58,3 +49,28 @@ def cmd_export_hf(args: argparse.Namespace) -> int:
     files = export_hf(checkpoint, args.out)
     print(f"exported {args.checkpoint} to {args.out}: {', '.join(files)}")
     return 0
+
+
+# name, help, description, (source, target) arguments, command
+CONVERSIONS = [
+    (
+        "import-hf",
+        "Hugging Face GPT-2 directory -> qkv checkpoint",
+        IMPORT_HELP,
+        [
+            ("directory", "DIR", "the Hugging Face model directory"),
+            ("out", "OUT", "the qkv checkpoint directory to write"),
+        ],
+        cmd_import_hf,
+    ),
+    (
+        "export-hf",
+        "qkv checkpoint -> Hugging Face GPT-2 directory",
+        EXPORT_HELP,
+        [
+            ("checkpoint", "CHECKPOINT", "a qkv checkpoint directory"),
+            ("out", "OUT", "the Hugging Face directory to write"),
+        ],
+        cmd_export_hf,
+    ),
+]

@@ -17,10 +17,10 @@ def add_sample(verbs) -> None:
     p = add_verb(
         verbs,
         "sample",
+        checkpoint=True,
         help="generate text from a checkpoint",
         description="Generate text from a checkpoint, streamed as it comes.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument(
         "--prompt", default="", metavar="TEXT", help="text to continue (default: a newline)"
     )
@@ -35,7 +35,7 @@ def add_sample(verbs) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from qkv.decoding.sampling import check_sampling_options
+    from qkv.decoding.sampling import Sampling, check_sampling_options
 
     check_sampling_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     if args.num_samples < 1:
@@ -45,11 +45,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     stream_text = checkpoint.kind.verb("sample", args.checkpoint)
     model = checkpoint.model(device).eval()
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    options = (args.max_new_tokens, args.temperature, args.top_k, args.top_p, generator)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, generator)
     for i in range(args.num_samples):
         if i:
             print("\n" + "-" * 40)
-        for text in stream_text(model, checkpoint.tokenizer, args.prompt, *options):
+        texts = stream_text(model, checkpoint.tokenizer, args.prompt, args.max_new_tokens, sampling)
+        for text in texts:
             sys.stdout.write(text)
             sys.stdout.flush()
         print()

@@ -1,15 +1,73 @@
-"""`qkv train`: parse the run's options into a config tree and call `qkv.training`."""
+"""`qkv train`: parse the run's options into a config tree and call `qkv.training`.
+
+Each flag that sets a config field is one row of `SETTINGS` (flag, config key, argparse
+options), which both adds it to the parser and applies it to the config, so the two never
+disagree.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from qkv.checkpoint import CONFIG_FILE, claim_run_dir
-from qkv.cli.common import add_device, add_verb
+from qkv.cli.common import add_verb
 from qkv.config import KINDS, ConfigTree, config_from_json, load_config
+from qkv.config.choices import DEVICES
 from qkv.data.tasks import TASKS
 from qkv.errors import QkvError
+
+DATA_HELP = (
+    "gpt: shakespeare (default), tinyshakespeare, a UTF-8 text file or a directory of .txt "
+    "files; seq2seq: a task name or a .tsv file"
+)
+TOKENIZER_HELP = (
+    "char (default); bpe: learn a byte-level BPE from the train split; DIR: a pretrained "
+    "tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt)"
+)
+MAX_TIME_HELP = "stop after this much training time (0: no limit; default 180, seq2seq 600)"
+SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--data", "data.source", dict(metavar="NAME|PATH", help=DATA_HELP)),
+    ("--out", "train.out_dir", dict(metavar="DIR", help="run directory (default: out)")),
+    (
+        "--max-steps",
+        "train.max_steps",
+        dict(type=int, metavar="N", help="stop after N optimizer steps"),
+    ),
+    (
+        "--max-time",
+        "train.max_time",
+        dict(type=float, metavar="SECONDS", help=MAX_TIME_HELP),
+    ),
+    ("--device", "train.device", dict(choices=list(DEVICES))),
+    ("--seed", "train.seed", dict(type=int, metavar="N")),
+    ("--tokenizer", "data.tokenizer", dict(metavar="char|bpe|DIR", help=TOKENIZER_HELP)),
+    (
+        "--vocab-size",
+        "data.vocab_size",
+        dict(type=int, metavar="N", help="tokens in the BPE to learn (default 1024)"),
+    ),
+]
+SWITCHES: list[tuple[str, str, str]] = [  # flag, config key, help: each sets key = true
+    (
+        "--skip-nonfinite",
+        "train.skip_nonfinite",
+        "skip a batch whose loss or gradient is NaN or inf instead of stopping the run",
+    ),
+    (
+        "--compile",
+        "train.compile",
+        "torch.compile the model: faster steps on GPUs after a compile of a minute or so; "
+        "rarely worth it for short CPU runs",
+    ),
+    (
+        "--fsdp",
+        "train.fsdp",
+        "under torchrun: shard parameters, gradients and optimizer state over the processes "
+        "with FSDP2, for models too big for one GPU",
+    ),
+]
 
 
 def add_train(verbs) -> None:
@@ -28,43 +86,16 @@ def add_train(verbs) -> None:
         help="gpt (default): a language model on a text; seq2seq: the encoder-decoder on "
         "pairs (--task, or --data FILE.tsv of source<TAB>target lines)",
     )
-    p.add_argument(
-        "--task", choices=TASKS, help="a generated seq2seq task (implies --model seq2seq)"
-    )
+    p.add_argument("--task", choices=TASKS, help="a generated seq2seq task (--model seq2seq)")
     p.add_argument(
         "--preset",
         choices=sorted({name for kind in KINDS.values() for name in kind.presets}),
         help="seq2seq model size: small (default), tiny, or base (the paper's)",
     )
-    p.add_argument(
-        "--config", metavar="FILE.toml", help="a TOML file with [model], [data], [train]"
-    )
-    p.add_argument(
-        "--data",
-        metavar="NAME|PATH",
-        help="gpt: shakespeare (default), tinyshakespeare, a UTF-8 text file or a directory "
-        "of .txt files; seq2seq: a task name or a .tsv file",
-    )
-    p.add_argument("--out", metavar="DIR", help="run directory (default: out)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
-    p.add_argument(
-        "--max-time",
-        type=float,
-        metavar="SECONDS",
-        help="stop after this much training time (0: no limit; default 180, seq2seq 600)",
-    )
-    add_device(p, default=None)
-    p.add_argument("--seed", type=int, metavar="N")
+    p.add_argument("--config", metavar="FILE.toml", help="a TOML file: [model], [data], [train]")
+    for flag, _, options in SETTINGS:
+        p.add_argument(flag, **options)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument(
-        "--tokenizer",
-        metavar="char|bpe|DIR",
-        help="char (default); bpe: learn a byte-level BPE from the train split; DIR: a "
-        "pretrained tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt)",
-    )
-    p.add_argument(
-        "--vocab-size", type=int, metavar="N", help="tokens in the BPE to learn (default 1024)"
-    )
     p.add_argument(
         "--init-from",
         metavar="DIR",
@@ -76,24 +107,8 @@ def add_train(verbs) -> None:
         action="store_true",
         help="start afresh even if --out already holds a run (deletes its metrics)",
     )
-    p.add_argument(
-        "--skip-nonfinite",
-        action="store_true",
-        help="skip a batch whose loss or gradient is NaN or inf instead of stopping the run "
-        "(train.skip_nonfinite=true)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model: faster steps on GPUs after a compile of a minute or "
-        "so; rarely worth it for short CPU runs (train.compile=true)",
-    )
-    p.add_argument(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun: shard parameters, gradients and optimizer state over the "
-        "processes with FSDP2, for models too big for one GPU (train.fsdp=true)",
-    )
+    for flag, key, text in SWITCHES:
+        p.add_argument(flag, action="store_true", help=f"{text} ({key}=true)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(run=cmd_train)
@@ -121,20 +136,20 @@ def train_config(args: argparse.Namespace) -> ConfigTree:
         config = config.with_overrides(args.overrides)
     else:
         config = load_config(args.config, args.overrides, kind=kind, preset=args.preset)
-    flags = {
-        "data.source": args.task or args.data,
-        "train.out_dir": args.out,
-        "train.max_steps": args.max_steps,
-        "train.max_time": args.max_time,
-        "train.device": args.device,
-        "train.seed": args.seed,
-        "data.tokenizer": args.tokenizer,
-        "data.vocab_size": args.vocab_size,
-        "train.skip_nonfinite": True if args.skip_nonfinite else None,
-        "train.compile": True if args.compile else None,
-        "train.fsdp": True if args.fsdp else None,
-    }
-    return config.with_values({k: v for k, v in flags.items() if v is not None})
+    return config.with_values(_flag_values(args))
+
+
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """{"table.key": value} for every flag given on the command line."""
+    given = {key: _value(args, flag) for flag, key, _ in SETTINGS}
+    given |= {key: True if _value(args, flag) else None for flag, key, _ in SWITCHES}
+    if args.task:
+        given["data.source"] = args.task
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _value(args: argparse.Namespace, flag: str) -> Any:
+    return getattr(args, flag.lstrip("-").replace("-", "_"))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

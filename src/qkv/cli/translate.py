@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from qkv.checkpoint import open_checkpoint
-from qkv.cli.common import add_device, add_verb
+from qkv.cli.common import add_decoding_options, add_device, add_verb
 from qkv.runtime import resolve_device
 
 
@@ -14,17 +14,12 @@ def add_translate(verbs) -> None:
     p = add_verb(
         verbs,
         "translate",
+        checkpoint=True,
         help="translate text with a seq2seq checkpoint",
         description="Translate each TEXT (or, without any, each line of stdin) with a seq2seq "
         "checkpoint; one output line per input.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
-    p.add_argument(
-        "--beam", type=int, default=4, metavar="N", help="beam size (default 4; 1 is greedy)"
-    )
-    p.add_argument(
-        "--alpha", type=float, default=0.6, metavar="A", help="length penalty (default 0.6)"
-    )
+    add_decoding_options(p)
     add_device(p)
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_translate)

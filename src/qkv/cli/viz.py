@@ -12,6 +12,7 @@ def add_attention(verbs) -> None:
     p = add_verb(
         verbs,
         "attention",
+        checkpoint=True,
         help="draw a checkpoint's attention: heatmaps (.png) or an explorer page (.html)",
         description="Run the checkpoint on --text and draw every layer's and head's attention "
         "weights: a grid of heatmaps (--out FILE.png) or a self-contained interactive page "
@@ -19,7 +20,6 @@ def add_attention(verbs) -> None:
         "translates --text and shows its encoder self-attention, decoder self-attention and "
         "cross-attention (output x source).",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
     p.add_argument("--text", required=True, metavar="TEXT", help="the tokens to look at")
     p.add_argument("--out", required=True, metavar="FILE.png|FILE.html")
     add_device(p, default="cpu")

@@ -21,6 +21,14 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
 
+def require_vocab_size(config: object) -> int:
+    """A model config's vocab_size, which qkv fills in from the tokenizer before building."""
+    if getattr(config, "vocab_size", None) is None:
+        name = type(config).__name__
+        raise QkvError(f"{name}.vocab_size must be set (the tokenizer's vocabulary size)")
+    return config.vocab_size
+
+
 def check_positive(owner: object, *names: str) -> None:
     for name in names:
         value = getattr(owner, name)

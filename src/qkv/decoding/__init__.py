@@ -8,9 +8,10 @@ from qkv.decoding.beam import (
     next_log_probs,
     translate_ids,
 )
-from qkv.decoding.sampling import sample_next, sample_stream, stream_text
+from qkv.decoding.sampling import Sampling, sample_next, sample_stream, stream_text
 
 __all__ = [
+    "Sampling",
     "beam_search",
     "greedy_decode",
     "length_penalty",

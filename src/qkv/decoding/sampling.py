@@ -13,6 +13,7 @@ renormalise what they keep.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -71,36 +72,37 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is drawn: temperature (0: greedy), top-k, top-p, the generator."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+
+    def next_token(self, logits: Tensor) -> Tensor:
+        """logits (B, V) -> one token per row (B, 1)."""
+        return sample_next(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
+
 def sample_stream(
-    next_logits: Callable[[Tensor], Tensor],
-    idx: Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    next_logits: Callable[[Tensor], Tensor], idx: Tensor, max_new_tokens: int, sampling: Sampling
 ) -> Iterator[Tensor]:
     """Autoregressive sampling: feed the sequence so far, sample, append, repeat.
 
     `next_logits` maps the ids so far (B, T) to the next token's logits (B, V); each new token
     (B, 1) is yielded as soon as it is drawn.
     """
-    check_sampling_options(max_new_tokens, temperature, top_k, top_p)
+    check_sampling_options(max_new_tokens, sampling.temperature, sampling.top_k, sampling.top_p)
     for _ in range(max_new_tokens):
-        token = sample_next(next_logits(idx), temperature, top_k, top_p, generator)
+        token = sampling.next_token(next_logits(idx))
         idx = torch.cat([idx, token], dim=1)  # (B, T + 1)
         yield token
 
 
 def stream_text(
-    model,
-    tokenizer: Tokenizer,
-    prompt: str = "",
-    max_new_tokens: int = 500,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, sampling: Sampling
 ) -> Iterator[str]:
     """The prompt's text, then the text of each new token as soon as it is sampled.
 
@@ -108,10 +110,9 @@ def stream_text(
     GPT-2's <|endoftext|>, shown as nothing). A byte-level token may end inside a character:
     only whole characters come out (`decode_stream`).
     """
-    check_sampling_options(max_new_tokens, temperature, top_k, top_p)
     text, ids = (prompt, tokenizer.encode(prompt)) if prompt else tokenizer.empty_prompt()
     yield text
     device = next(model.parameters()).device
     idx = torch.tensor([ids], device=device)  # (1, T)
-    tokens = model.stream(idx, max_new_tokens, temperature, top_k, top_p, generator)
+    tokens = model.stream(idx, max_new_tokens, sampling)
     yield from decode_stream(tokenizer, (token[0].item() for token in tokens))

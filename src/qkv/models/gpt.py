@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.config.choices import require_vocab_size
 from qkv.config.gpt import GPTConfig
-from qkv.decoding.sampling import sample_stream
+from qkv.decoding.sampling import Sampling, sample_stream
 from qkv.errors import QkvError
 from qkv.nn.attention import KVCache
-from qkv.nn.blocks import TransformerBlock, make_norm
+from qkv.nn.blocks import TransformerBlock, block_options, make_norm
 from qkv.nn.positional import RotaryEmbedding, make_positional
 
 
@@ -39,8 +40,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        if config.vocab_size is None:
-            raise QkvError("GPTConfig.vocab_size must be set (the tokenizer's vocabulary size)")
+        require_vocab_size(config)
         self.config = config
         wpe = make_positional(config.positional, config.block_size, config.n_embd)
         rotary = None
@@ -62,18 +62,8 @@ class GPT(nn.Module):
 
     @staticmethod
     def _make_block(config: GPTConfig, rotary: nn.Module | None) -> nn.Module:
-        return TransformerBlock(
-            config.n_embd,
-            config.n_head,
-            n_kv_head=config.n_kv_head,
-            activation=config.activation,
-            norm=config.norm,
-            norm_type=config.norm_type,
-            bias=config.bias,
-            dropout=config.dropout,
-            causal=True,
-            rotary=rotary,
-        )
+        options = block_options(config)
+        return TransformerBlock(config.n_embd, config.n_head, causal=True, rotary=rotary, **options)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -157,8 +147,8 @@ class GPT(nn.Module):
         at most. With `use_cache` (the default) each step feeds only the newest token and
         reuses the earlier tokens' keys and values; see `stream`.
         """
-        options = (temperature, top_k, top_p, generator, use_cache)
-        new_tokens = list(self.stream(idx, max_new_tokens, *options))
+        sampling = Sampling(temperature, top_k, top_p, generator)
+        new_tokens = list(self.stream(idx, max_new_tokens, sampling, use_cache))
         return torch.cat([idx, *new_tokens], dim=1)
 
     @torch.inference_mode()
@@ -166,13 +156,11 @@ class GPT(nn.Module):
         self,
         idx: Tensor,
         max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        sampling: Sampling | None = None,
         use_cache: bool = True,
     ) -> Iterator[Tensor]:
-        """Yield each new (B, 1) token as soon as it is sampled (for streaming output).
+        """Yield each new (B, 1) token as soon as it is sampled (for streaming output), drawn
+        as `sampling` says (default: plain sampling at temperature 1).
 
         When the cache is full (the sequence outgrows block_size), the window slides: the
         context is cropped to the last block_size tokens and the cache is recomputed from it,
@@ -180,9 +168,7 @@ class GPT(nn.Module):
         old keys cannot be reused; past the context, a step costs what an uncached one does.
         """
         next_logits = self._cached_next_logits() if use_cache else self._next_token_logits
-        yield from sample_stream(
-            next_logits, idx, max_new_tokens, temperature, top_k, top_p, generator
-        )
+        yield from sample_stream(next_logits, idx, max_new_tokens, sampling or Sampling())
 
     def _next_token_logits(self, idx: Tensor) -> Tensor:
         context = idx[:, -self.config.block_size :]  # (B, <=T)

@@ -39,11 +39,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from qkv.config.choices import PAD_ID
+from qkv.config.choices import PAD_ID, require_vocab_size
 from qkv.config.seq2seq import Seq2SeqConfig
 from qkv.errors import QkvError
 from qkv.nn.attention import KVCache, key_padding_mask, reorder_cache
-from qkv.nn.blocks import DecoderBlock, TransformerBlock, make_norm
+from qkv.nn.blocks import DecoderBlock, TransformerBlock, block_options, make_norm
 from qkv.nn.positional import RotaryEmbedding, make_positional
 
 AttentionMaps = dict[str, list[Tensor]]
@@ -66,8 +66,7 @@ class Seq2SeqTransformer(nn.Module):
 
     def __init__(self, config: Seq2SeqConfig) -> None:
         super().__init__()
-        if config.vocab_size is None:
-            raise QkvError("Seq2SeqConfig.vocab_size must be set (the tokenizer's vocabulary)")
+        require_vocab_size(config)
         self.config = config
         c = config
         self.src_embed = nn.Embedding(c.vocab_size, c.n_embd)
@@ -79,16 +78,7 @@ class Seq2SeqTransformer(nn.Module):
         rotary = None
         if c.positional == "rotary":  # one table of angles for every self-attention
             rotary = RotaryEmbedding(c.n_embd // c.n_head, c.max_len)
-        options = dict(
-            d_ff=c.d_ff,
-            n_kv_head=c.n_kv_head,
-            norm=c.norm,
-            norm_type=c.norm_type,
-            activation=c.activation,
-            bias=c.bias,
-            dropout=c.dropout,
-            rotary=rotary,
-        )
+        options = dict(d_ff=c.d_ff, rotary=rotary, **block_options(c))
         self.encoder = nn.ModuleList(
             TransformerBlock(c.n_embd, c.n_head, causal=False, **options)
             for _ in range(c.n_encoder_layer)

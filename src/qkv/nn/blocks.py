@@ -148,6 +148,15 @@ def residual_for(norm: str) -> Callable[..., tuple[Tensor, Tensor | None]]:
     return RESIDUALS[norm]
 
 
+# The fields of a model config (GPTConfig, Seq2SeqConfig) that every block takes as they are.
+BLOCK_FIELDS = ("n_kv_head", "activation", "norm", "norm_type", "bias", "dropout")
+
+
+def block_options(config: object) -> dict[str, object]:
+    """{option: value} of `BLOCK_FIELDS` from a model config, for `TransformerBlock`."""
+    return {name: getattr(config, name) for name in BLOCK_FIELDS}
+
+
 class TransformerBlock(nn.Module):
     """x = Residual(x, SelfAttention);  x = Residual(x, FFN).
 
