@@ -137,8 +137,8 @@ def test_blocks_return_their_attention_weights_only_when_asked():
     out, weights = encoder(x, return_weights=True)
     assert weights.shape == (1, 2, 4, 4)
     kv = decoder.cross_attn.project_memory(x)
-    assert isinstance(decoder(y, kv), torch.Tensor)
-    out, self_w, cross_w = decoder(y, kv, return_weights=True)
+    assert isinstance(decoder(y, x), torch.Tensor)
+    out, self_w, cross_w = decoder(y, x, memory_kv=kv, return_weights=True)
     assert out.shape == y.shape and self_w.shape == (1, 2, 3, 3) and cross_w.shape == (1, 2, 3, 4)
 
 

@@ -147,26 +147,31 @@ class Seq2SeqTransformer(nn.Module):
     def decode(
         self,
         tgt: Tensor,
-        memory_kv: list[tuple[Tensor, Tensor]],
+        memory: Tensor,
         src_mask: Tensor,
         *,
+        memory_kv: list[tuple[Tensor, Tensor]] | None = None,
         caches: list[KVCache] | None = None,
         return_weights: bool = False,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """tgt (B, T) target ids -> logits (B, T, V), and per layer the self-attention
-        (B, H, T, T) and cross-attention (B, H, T, S) weights when asked.
+        """tgt (B, T) target ids, memory (B, S, C) -> logits (B, T, V), and per layer the
+        self-attention (B, H, T, T) and cross-attention (B, H, T, S) weights when asked.
 
+        `memory_kv` (from `memory_kv`) are the layers' cross-attention keys and values of the
+        memory, computed once when decoding step by step (else each layer projects it).
         With `caches`, tgt holds only the tokens after those already cached; their positions
         continue from the caches' length.
         """
         start = caches[0].length if caches else 0
         y, positions = self._embed(self.tgt_embed, tgt, start)  # (B, T, C)
         caches = caches or [None] * len(self.decoder)
+        memory_kv = memory_kv or [None] * len(self.decoder)
         self_maps, cross_maps = [], []
         for block, kv, cache in zip(self.decoder, memory_kv, caches, strict=True):
             out = block(
-                y, kv, src_mask, positions=positions, cache=cache, return_weights=return_weights
-            )
+                y, memory, src_mask, memory_kv=kv, positions=positions, cache=cache,
+                return_weights=return_weights,
+            )  # fmt: skip
             y, self_w, cross_w = out if return_weights else (out, None, None)
             self_maps.append(self_w)
             cross_maps.append(cross_w)
@@ -190,7 +195,7 @@ class Seq2SeqTransformer(nn.Module):
         src_mask = self.source_mask(src) if src_mask is None else src_mask
         memory, enc_maps = self.encode(src, src_mask, return_weights=return_weights)
         logits, self_maps, cross_maps = self.decode(
-            tgt_in, self.memory_kv(memory), src_mask, return_weights=return_weights
+            tgt_in, memory, src_mask, return_weights=return_weights
         )
         if not return_weights:
             return logits
@@ -219,7 +224,7 @@ class DecoderSession:
     def __init__(
         self, model: Seq2SeqTransformer, memory: Tensor, src_mask: Tensor, use_cache: bool
     ) -> None:
-        self.model = model
+        self.model, self.memory = model, memory
         self.memory_kv = model.memory_kv(memory)  # once per sentence, reused at every step
         self.src_mask = src_mask
         n_layer, capacity = len(model.decoder), model.config.max_len
@@ -234,12 +239,10 @@ class DecoderSession:
     def step(self, tokens: Tensor) -> Tensor:
         """Feed tokens (N, 1), the newest of each hypothesis; -> next-token logits (N, V)."""
         self.prefix = torch.cat([self.prefix, tokens], dim=1)  # (N, t + 1)
-        if self.caches is not None:
-            logits, _, _ = self.model.decode(
-                tokens, self.memory_kv, self.src_mask, caches=self.caches
-            )
-        else:
-            logits, _, _ = self.model.decode(self.prefix, self.memory_kv, self.src_mask)
+        new = tokens if self.caches is not None else self.prefix  # the cache holds the rest
+        logits, _, _ = self.model.decode(
+            new, self.memory, self.src_mask, memory_kv=self.memory_kv, caches=self.caches
+        )
         return logits[:, -1, :]  # (N, V)
 
     def reorder(self, order: Tensor) -> None:

@@ -267,16 +267,19 @@ class DecoderBlock(TransformerBlock):
     def forward(  # type: ignore[override]
         self,
         y: Tensor,
-        memory_kv: tuple[Tensor, Tensor],
+        memory: Tensor,
         memory_mask: Tensor | None = None,
         *,
+        memory_kv: tuple[Tensor, Tensor] | None = None,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
         return_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        """y: (B, T, C); memory_kv: the source's keys and values from
-        `cross_attn.project_memory`; memory_mask (B, 1, 1, S); `cache` holds the earlier
-        target tokens' keys and values when decoding step by step.
+        """y: (B, T, C); memory: the encoder's output (B, S, C), memory_mask (B, 1, 1, S).
+
+        `memory_kv`: the memory's keys and values from `cross_attn.project_memory`, when a
+        decoder that generates step by step has computed them once (else they are computed
+        here); `cache` holds the earlier target tokens' keys and values.
 
         Returns y (B, T, C) and, when asked, the self-attention weights (B, H, T, T_past + T)
         and the cross-attention weights (B, H, T, S).
@@ -284,6 +287,9 @@ class DecoderBlock(TransformerBlock):
 
         def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
             return self._self_attention(h, None, positions, cache, return_weights)
+
+        if memory_kv is None:
+            memory_kv = self.cross_attn.project_memory(memory)
 
         def attend_source(h: Tensor) -> tuple[Tensor, Tensor | None]:
             result = self.cross_attn(h, memory_kv, mask=memory_mask, return_weights=return_weights)

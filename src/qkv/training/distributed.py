@@ -43,7 +43,6 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
-    set_model_state_dict,
     set_optimizer_state_dict,
 )
 from torch.nn.parallel import DistributedDataParallel
@@ -193,17 +192,20 @@ def gradient_sync(module: nn.Module, sync: bool):
 
 @contextmanager
 def unsharded(module: nn.Module) -> Iterator[None]:
-    """Within: an FSDP2 root's own parameters are whole, so methods other than `forward`
-    (an encoder-decoder's `encode` and `decode`) can run; the blocks gather theirs as they
-    run. Every rank must enter it together. A plain module is left as it is."""
-    if not hasattr(module, "unshard"):
-        yield
-        return
-    module.unshard()
+    """Within: every parameter of an FSDP2-sharded model is whole on every rank, so code
+    that uses a block's weights outside its `forward` (an encoder-decoder's step-by-step
+    decoding projects the source once per layer) can run, as evaluation needs. Every rank
+    must enter it together. A plain module is left as it is."""
+    units = [m for m in module.modules() if hasattr(m, "unshard")]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
     try:
         yield
     finally:
-        module.reshard()
+        for unit in units:  # as FSDP2 sets them: the blocks reshard, the root keeps its own
+            unit.reshard()
+            unit.set_reshard_after_forward(unit is not module, recurse=False)
 
 
 @contextmanager
@@ -291,13 +293,23 @@ def full_model_state(model: nn.Module, sharded: bool) -> dict[str, torch.Tensor]
     return model.state_dict()
 
 
-def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], sharded: bool) -> None:
-    """Load a whole state dict (rank 0's, when sharded: it is broadcast to every shard)."""
+@torch.no_grad()
+def load_full_model_state(
+    model: nn.Module, state: dict[str, torch.Tensor], sharded: bool, world: World = SINGLE
+) -> None:
+    """Load a whole state dict into the model: as it is, or (sharded) rank 0's tensors
+    scattered to every rank's shards. Each parameter is written once, under its first name,
+    so tied weights (an encoder-decoder's shared embedding) stay tied."""
     if not sharded:
         model.load_state_dict(state)
         return
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-    set_model_state_dict(model, state, options=options)
+    from torch.distributed.tensor import distribute_tensor
+
+    for name, param in model.named_parameters():  # a tied parameter appears once
+        whole = state[name] if world.is_main else torch.empty(param.shape, dtype=param.dtype)
+        whole = whole.to(device=param.device, dtype=param.dtype)
+        shard = distribute_tensor(whole, param.device_mesh, param.placements, src_data_rank=0)
+        param.to_local().copy_(shard.to_local())
 
 
 def load_optimizer_state(

@@ -200,7 +200,8 @@ class Trainer:
     # -- one step -----------------------------------------------------------------------------
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer step; returns the mean loss over its targets as a tensor (no sync).
+        """One optimizer step -> the loss as a tensor (no sync): this rank's share of the mean
+        over all the step's targets, so that its mean over the ranks is that mean.
 
         Each micro-batch's mean loss is weighted by its share of the targets of the step's
         global batch (times the world size, which DDP's gradient average divides out), so the
@@ -221,7 +222,7 @@ class Trainer:
             with distributed.gradient_sync(self.parallel, last), autocast(self.device):
                 loss = self.recipe.loss(self.forward, batch)
                 self.scaler.scale(loss * share).backward()  # scale() is 1 unless fp16
-            total += loss.detach() * (count / sum(counts))
+            total += loss.detach() * share  # the mean over the ranks is the job's mean
         norm = None
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
@@ -299,7 +300,7 @@ class Trainer:
         if final is None:
             return False
         self.raw_weights = {k: v.detach().clone() for k, v in self._full_weights().items()}
-        distributed.load_full_model_state(self.model, final, self.config.train.fsdp)
+        distributed.load_full_model_state(self.model, final, self.config.train.fsdp, self.world)
         return True
 
 
