@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _HOMES = {
     "load": "qkv.checkpoint",
-    "train": "qkv.training.start",
+    "train": "qkv.training.run",
     "QkvError": "qkv.errors",
     "DataConfig": "qkv.config",
     "GPTConfig": "qkv.config",

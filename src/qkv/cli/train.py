@@ -154,7 +154,7 @@ def _value(args: argparse.Namespace, flag: str) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from qkv.training.distributed import is_main_process
-    from qkv.training.start import train
+    from qkv.training.run import train
 
     config = train_config(args)
     claim_run_dir(Path(config.train.out_dir), args.resume, args.overwrite)

@@ -1,7 +1,7 @@
 """Tokenizers: one token per character, or byte-level BPE through Hugging Face `tokenizers`.
 
-Both kinds share one small interface (`Tokenizer` below) and are saved with the checkpoint as
-tokenizer.json, so a model always decodes with the vocabulary it was trained on.
+Both kinds share one small interface (`tokenizer.base.Tokenizer`) and are saved with the
+checkpoint as tokenizer.json, so a model always decodes with the vocabulary it was trained on.
 
 - `CharTokenizer`: the vocabulary is the sorted set of characters in the corpus (Karpathy's
   "GPT from scratch"); id i stands for the i-th character. A character outside it cannot be

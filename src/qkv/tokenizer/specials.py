@@ -16,7 +16,7 @@ from qkv.tokenizer.char import CharTokenizer
 class Seq2SeqTokenizer:
     """A character or BPE vocabulary with the encoder-decoder's special tokens in front.
 
-    Ids 0, 1, 2 are <pad>, <bos>, <eos> (`seq2seq_config.PAD_ID` ...), and id i + 3 is the
+    Ids 0, 1, 2 are <pad>, <bos>, <eos> (`config.choices.PAD_ID` ...), and id i + 3 is the
     base tokenizer's id i. Source and target share it, so the model can tie its embeddings.
     A character the base vocabulary lacks is an error that names it, as for `CharTokenizer`.
     """

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,30 +43,16 @@ import torch
 from tqdm.auto import tqdm
 
 from qkv.checkpoint import append_metrics, save_checkpoint
+from qkv.config import ConfigTree
 from qkv.errors import QkvError, TrainingInterrupted
 from qkv.runtime import autocast, stop_signals_deferred
 from qkv.training import distributed
+from qkv.training.distributed import World
+from qkv.training.progress import TrainResult, run_loop
 from qkv.training.start import RunStart
 
 BEST_DIR = "best"
 LABELS = {"eval_train_loss": "train loss"}  # how a metric reads in the progress lines
-
-
-@dataclass
-class TrainResult:
-    """What a finished run reports: its last evaluation's metrics and the best val loss."""
-
-    out_dir: Path
-    step: int
-    metrics: dict[str, float]
-    best_val_loss: float
-    elapsed: float
-    tokens_per_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def val_loss(self) -> float:
-        return self.metrics["val_loss"]
 
 
 class Trainer:
@@ -78,7 +63,15 @@ class Trainer:
     wrapped module for DDP/FSDP/compile, the optimizer and the state to resume.
     """
 
-    def __init__(self, config, *, resume=False, progress=True, init_from=None, world=None):
+    def __init__(
+        self,
+        config: ConfigTree,
+        *,
+        resume: bool = False,
+        progress: bool = True,
+        init_from: str | Path | None = None,
+        world: World | None = None,
+    ) -> None:
         begin = RunStart(config, resume=resume, init_from=init_from, world=world)
         self.world, self.device, self.out_dir = begin.world, begin.device, begin.out_dir
         self.recipe, self.config = begin.recipe, begin.recipe.config
@@ -255,8 +248,6 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Train until max_steps or max_time; SIGINT/SIGTERM save and stop between steps."""
-        from qkv.training.progress import run_loop
-
         self.stop_signal = None
         with stop_signals_deferred(self._on_stop_signal):
             result = run_loop(self)

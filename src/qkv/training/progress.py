@@ -11,16 +11,34 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from qkv.training import distributed
 
 
-def run_loop(trainer) -> object:
-    """Train until max_steps or max_time; -> a TrainResult."""
-    from qkv.training.loop import TrainResult
+@dataclass
+class TrainResult:
+    """What a finished run reports: its last evaluation's metrics and the best val loss."""
 
+    out_dir: Path
+    step: int
+    metrics: dict[str, float]
+    best_val_loss: float
+    elapsed: float
+    tokens_per_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def val_loss(self) -> float:
+        return self.metrics["val_loss"]
+
+
+def run_loop(trainer) -> TrainResult:
+    """Train until max_steps or max_time; -> a TrainResult."""
     cfg = trainer.config.train
     _announce(trainer)
     bar = tqdm(total=cfg.max_steps, initial=trainer.step, disable=not trainer.progress, unit="step")

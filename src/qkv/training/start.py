@@ -1,4 +1,4 @@
-"""How a training run begins, for any model kind, and `train`, the call that runs one.
+"""How a training run begins, for any model kind.
 
 A run starts fresh, resumes its own run directory (`resume`: trainer.pt holds the weights,
 optimizer, step, clock, RNG and data position), or starts from another checkpoint's weights
@@ -25,7 +25,7 @@ from qkv.checkpoint import (
     open_checkpoint,
 )
 from qkv.config import KINDS, ConfigTree
-from qkv.errors import JobBroken, QkvError
+from qkv.errors import QkvError
 from qkv.runtime import allow_tf32, resolve_device
 from qkv.training import distributed
 from qkv.training.distributed import SINGLE, World
@@ -164,45 +164,3 @@ def fine_tuning_config(config: ConfigTree, start: ConfigTree) -> ConfigTree:
         config.data, tokenizer=start.data.tokenizer, vocab_size=start.data.vocab_size
     )
     return dataclasses.replace(config, model=model, data=data)
-
-
-def train(
-    config: ConfigTree,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    init_from: str | Path | None = None,
-) -> Any:
-    """Train (or resume) the run that `config` describes, of whatever kind; see `Trainer`.
-
-    Under torchrun every process calls this; they meet in a process group for the run.
-    """
-    from qkv.viz.curves import plot_after_training  # before the run, never after it
-
-    world = distributed.world_from_env()
-    device = distributed.rank_device(resolve_device(config.train.device), world)
-    with distributed.process_group(world, device, config.train.dist_timeout):
-        try:
-            result = _fit_once(config, resume, progress, init_from, world)
-        except RuntimeError as exc:
-            if not (world.launched and distributed.is_peer_failure(exc)):
-                raise
-            reason = distributed.short_reason(exc)
-            raise JobBroken(
-                f"rank {world.rank}: lost the other processes of the job ({reason}); the last "
-                f"checkpoint in {config.train.out_dir} is whole: resume it with --resume"
-            ) from None
-    if world.is_main:
-        plot_after_training(result.out_dir)  # curves.png; a failure to draw only warns
-    return result
-
-
-def _fit_once(
-    config: ConfigTree, resume: bool, progress: bool, init_from: str | Path | None, world: World
-) -> Any:
-    """A Trainer that is gone when this returns: its DDP or FSDP state must be freed before
-    the process group it uses is destroyed (the other way round can hang at exit)."""
-    from qkv.training.loop import Trainer
-
-    trainer = Trainer(config, resume=resume, progress=progress, init_from=init_from, world=world)
-    return trainer.fit()
