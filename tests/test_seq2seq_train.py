@@ -108,3 +108,16 @@ def test_the_final_model_averages_the_last_snapshots(tmp_path):
     for name, value in averaged.model.state_dict().items():
         torch.testing.assert_close(value, (weights[4][name] + weights[6][name]) / 2)
         torch.testing.assert_close(trained[name], weights[6][name])  # what --resume goes on from
+
+
+def test_resuming_a_finished_run_averages_what_it_averaged(tmp_path):
+    from safetensors.torch import load_file
+
+    values = {"train.max_steps": 7, "train.average_every": 2, "train.average_last": 3}
+    Trainer(copy_config(tmp_path, **values), progress=False).fit()
+    run_dir = tmp_path / "copy"
+    first = load_file(run_dir / "model.safetensors")  # the mean of steps 4, 6 and 7
+    # no step left to take: the run only evaluates and saves again, the same average
+    Trainer(copy_config(tmp_path, **values), resume=True, progress=False).fit()
+    for name, value in load_file(run_dir / "model.safetensors").items():
+        torch.testing.assert_close(value, first[name], rtol=0, atol=0)

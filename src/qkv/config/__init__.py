@@ -18,7 +18,7 @@ from qkv.config.choices import (
     POSITIONAL_KINDS,
 )
 from qkv.config.gpt import DataConfig, GPTConfig, RunConfig, TrainConfig
-from qkv.config.kinds import KINDS, ModelKind, kind_named, kind_of
+from qkv.config.kinds import DEFAULT_KIND, KINDS, ModelKind, kind_named, kind_of
 from qkv.config.seq2seq import (
     Seq2SeqConfig,
     Seq2SeqDataConfig,
@@ -72,7 +72,7 @@ def load_config(
     chosen = kind or tables.get("kind")
     if kind and tables.get("kind", kind) != kind:
         raise QkvError(f"{path} is a {tables['kind']} config; it cannot train --model {kind}")
-    model_kind = kind_named(chosen) if chosen else KINDS["gpt"]
+    model_kind = kind_named(chosen or DEFAULT_KIND)
     config = model_kind.run_config()
     if preset is not None:
         config = config.with_values(model_kind.preset_values(preset))

@@ -164,13 +164,18 @@ class TranslationRecipe(Recipe):
 
     def final_weights(self, step: int, weights: WeightsFn) -> dict[str, Tensor] | None:
         """The mean of the last `average_last` snapshots ("averaging the last 5
-        checkpoints"), the final weights among them; None if there is nothing to average."""
+        checkpoints"), the final weights among them; None if there is nothing to average.
+
+        The final weights join the mean without joining the snapshots, so a resumed run
+        (even one with no step left to take) averages exactly what this one did."""
         train = self.config.train
         if train.average_last < 2 or not self.snapshots:
             return None
-        if step % train.average_every != 0:
-            self._take_snapshot(weights)  # the final weights count too
-        if len(self.snapshots) < 2:
+        chosen = self.snapshots
+        if step % train.average_every != 0:  # the final weights are not a snapshot yet
+            final = {k: v.detach().clone() for k, v in weights().items()}
+            chosen = [*self.snapshots, final][-train.average_last :]
+        if len(chosen) < 2:
             return None
-        keys = self.snapshots[-1].keys()
-        return {k: torch.stack([s[k] for s in self.snapshots]).mean(0) for k in keys}
+        keys = chosen[-1].keys()
+        return {k: torch.stack([s[k] for s in chosen]).mean(0) for k in keys}
