@@ -28,7 +28,6 @@ from qkv.runtime import autocast
 from qkv.tokenizer import Tokenizer
 from qkv.training import distributed
 from qkv.training.distributed import SINGLE, World
-from qkv.training.optim import make_optimizer
 from qkv.training.recipe import Batch, Recipe
 
 
@@ -85,9 +84,6 @@ class LanguageModelRecipe(Recipe):
             rank=self.world.rank,
             world_size=self.world.size,
         )
-
-    def make_optimizer(self, model: nn.Module, device: torch.device) -> Any:
-        return make_optimizer(model, self.config.train, device)
 
     def learning_rate(self, step: int, elapsed: float) -> float:
         return learning_rate(self.config.train, step, elapsed)

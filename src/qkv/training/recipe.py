@@ -59,6 +59,7 @@ class Recipe(ABC):
         return self.kind.model_class()(self.config.model)
 
     def make_optimizer(self, model: nn.Module, device: torch.device) -> Any:
+        """`train.optimizer` over the model; the loop sets the learning rate before each step."""
         return make_optimizer(model, self.config.train, device, lr=0.0)
 
     @abstractmethod
