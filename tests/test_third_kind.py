@@ -118,10 +118,7 @@ class MajorityRecipe(Recipe):
         size, b = self.world.size, self.config.train.batch_size
         rows = torch.randint(len(self.train_set[1]), (size * b,), generator=self.generator)
         rows = rows[self.world.rank * b : (self.world.rank + 1) * b]
-        return tuple(t[rows].to(self.device) for t in self.train_set)
-
-    def count_targets(self, batch):
-        return len(batch[1])
+        return tuple(t[rows].to(self.device) for t in self.train_set), len(rows)
 
     def loss(self, forward, batch):
         return F.cross_entropy(forward(batch[0]), batch[1])

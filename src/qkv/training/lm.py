@@ -88,11 +88,9 @@ class LanguageModelRecipe(Recipe):
     def learning_rate(self, step: int, elapsed: float) -> float:
         return learning_rate(self.config.train, step, elapsed)
 
-    def next_batch(self) -> Batch:
-        return self.sampler.next_batch()  # inputs (B, T), targets (B, T)
-
-    def count_targets(self, batch: Batch) -> int:
-        return batch[1].numel()
+    def next_batch(self) -> tuple[Batch, int]:
+        x, y = self.sampler.next_batch()  # inputs (B, T), targets (B, T)
+        return (x, y), y.numel()
 
     def loss(self, forward: Callable[..., Any], batch: Batch) -> Tensor:
         _, loss = forward(*batch)

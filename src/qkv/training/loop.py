@@ -204,8 +204,8 @@ class Trainer:
         lr = self.recipe.learning_rate(self.step, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batches = [self.recipe.next_batch() for _ in range(cfg.grad_accum)]
-        counts = [self.recipe.count_targets(batch) for batch in batches]
+        drawn = [self.recipe.next_batch() for _ in range(cfg.grad_accum)]
+        batches, counts = [batch for batch, _ in drawn], [count for _, count in drawn]
         step_targets = distributed.total(sum(counts), self.world, self.device)
         total = torch.zeros((), device=self.device)
         for micro_step, (batch, count) in enumerate(zip(batches, counts, strict=True)):

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -30,7 +29,6 @@ class TrainResult:
     best_val_loss: float
     elapsed: float
     tokens_per_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def val_loss(self) -> float:

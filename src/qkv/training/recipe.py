@@ -5,8 +5,9 @@ directory, resuming, the clock and the step budget, stop signals, the non-finite
 logging, the evaluation cadence, checkpoints and `best/`, DDP and FSDP, autocast and
 compile. A recipe owns what differs:
 
-    data        `next_batch()` -> a tuple of tensors on the device; `count_targets(batch)`;
-                its position in `state_dict()` (so a resumed run draws the same batches)
+    data        `next_batch()` -> (a tuple of tensors on the device, how many targets it
+                holds, counted on the host so the step never waits on the device); its
+                position in `state_dict()` (so a resumed run draws the same batches)
     model       `build_model()`, from the kind's model class and `config.model`
     optimizer   `make_optimizer(model, device)` (every kind: `training.optim`)
     schedule    `learning_rate(step, elapsed)`
@@ -66,10 +67,7 @@ class Recipe(ABC):
     def learning_rate(self, step: int, elapsed: float) -> float: ...
 
     @abstractmethod
-    def next_batch(self) -> Batch: ...
-
-    @abstractmethod
-    def count_targets(self, batch: Batch) -> int: ...
+    def next_batch(self) -> tuple[Batch, int]: ...
 
     @abstractmethod
     def loss(self, forward: Callable[..., Any], batch: Batch) -> Tensor: ...

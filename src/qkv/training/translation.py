@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from qkv.config import KINDS, Seq2SeqRunConfig
 from qkv.config.choices import PAD_ID
-from qkv.data.pairs import LengthBatches, collate, encode_pairs
+from qkv.data.pairs import Example, LengthBatches, collate, encode_pairs
 from qkv.data.tasks import PairSplits, pair_splits
 from qkv.decoding.beam import greedy_decode
 from qkv.tokenizer import Seq2SeqTokenizer
@@ -73,6 +73,11 @@ def new_tokenizer(config: Seq2SeqRunConfig, splits: PairSplits) -> Seq2SeqTokeni
     return Seq2SeqTokenizer.train(texts, config.data.tokenizer, config.data.vocab_size)
 
 
+def count_targets(examples: list[Example]) -> int:
+    """The target tokens the decoder predicts for these pairs: each target and its <eos>."""
+    return sum(len(target) + 1 for _, target in examples)
+
+
 class TranslationRecipe(Recipe):
     """An encoder-decoder on pairs of strings; see the module docstring."""
 
@@ -104,16 +109,15 @@ class TranslationRecipe(Recipe):
             step + 1, self.config.model.n_embd, train.warmup_steps, train.lr_scale
         )
 
-    def next_batch(self) -> Batch:
-        """This rank's slice of the next global batch: source (B, S), target in and out (B, T)."""
+    def next_batch(self) -> tuple[Batch, int]:
+        """This rank's slice of the next global batch: source (B, S), target in and out
+        (B, T), and its number of target tokens."""
         examples = self.batches.next_examples()
         while len(examples) < self.world.size:  # an epoch's last, ragged batch: no row each
             examples = self.batches.next_examples()
         n, rank, size = len(examples), self.world.rank, self.world.size
-        return collate(examples[rank * n // size : (rank + 1) * n // size], self.device)
-
-    def count_targets(self, batch: Batch) -> int:
-        return int((batch[2] != PAD_ID).sum())
+        mine = examples[rank * n // size : (rank + 1) * n // size]
+        return collate(mine, self.device), count_targets(mine)
 
     def loss(self, forward: Callable[..., Any], batch: Batch) -> Tensor:
         src, tgt_in, tgt_out = batch
@@ -124,9 +128,9 @@ class TranslationRecipe(Recipe):
         model.eval()
         total, tokens = 0.0, 0
         for start in range(0, len(self.val_examples), EVAL_BATCH):
-            batch = collate(self.val_examples[start : start + EVAL_BATCH], self.device)
-            n = self.count_targets(batch)
-            total += float(self.loss(model, batch)) * n
+            chunk = self.val_examples[start : start + EVAL_BATCH]
+            n = count_targets(chunk)
+            total += float(self.loss(model, collate(chunk, self.device))) * n
             tokens += n
         shown = self.val_examples[: self.config.train.eval_examples]
         right = 0
