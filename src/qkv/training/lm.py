@@ -50,6 +50,7 @@ class LanguageModelRecipe(Recipe):
     """A GPT on a text; see the module docstring."""
 
     kind = KINDS["gpt"]
+    equal_batches = True  # B windows of T targets on every rank
 
     def __init__(
         self,

@@ -206,7 +206,9 @@ class Trainer:
             group["lr"] = lr
         drawn = [self.recipe.next_batch() for _ in range(cfg.grad_accum)]
         batches, counts = [batch for batch, _ in drawn], [count for _, count in drawn]
-        step_targets = distributed.total(sum(counts), self.world, self.device)
+        step_targets = sum(counts) * self.world.size
+        if not self.recipe.equal_batches:  # pairs of sentences: ask the other ranks
+            step_targets = distributed.total(sum(counts), self.world, self.device)
         total = torch.zeros((), device=self.device)
         for micro_step, (batch, count) in enumerate(zip(batches, counts, strict=True)):
             # in a job, gradients are averaged over the ranks once, on the last micro-step

@@ -52,6 +52,9 @@ class Recipe(ABC):
     # nanoGPT's wall clock (everything counts, so time-to-quality figures compare); the
     # encoder-decoder's budget counts training only, as its docs/seq2seq.md figures do.
     eval_counts_as_training_time = True
+    # Whether every rank's batches hold the same number of targets (text windows do), so the
+    # step's total is known without asking the other ranks (one collective less per step).
+    equal_batches = False
 
     config: ConfigTree  # with model.vocab_size set from the tokenizer
     tokenizer: Any
