@@ -83,3 +83,18 @@ def test_old_checkpoints_through_the_command_line(cli) -> None:
     )  # fmt: skip
     assert result.code == 0, result.err
     assert result.out.rstrip("\n") == EXPECTED["gpt"]["greedy"]
+
+
+def test_an_old_run_without_a_token_count_counts_from_its_steps(tmp_path: Path) -> None:
+    from qkv.config import config_from_json
+    from qkv.training.loop import Trainer
+
+    run = Path(shutil.copytree(LEGACY / "gpt-run", tmp_path / "run"))
+    config = config_from_json(run / "config.json").with_values(
+        {"train.out_dir": str(run), "data.source": str(LEGACY / "play.txt"), "train.max_steps": 15}
+    )
+    trainer = Trainer(config, resume=True, progress=False)
+    trainer.fit()
+    per_step = 4 * 16  # batch 4 x context 16 targets
+    assert trainer.tokens == 15 * per_step  # the job's count, as the old code logged it
+    assert trainer.tokens_this_process == 5 * per_step  # what tokens/s is made of

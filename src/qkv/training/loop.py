@@ -80,6 +80,7 @@ class Trainer:
         self.progress = progress and self.world.is_main
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.tokens: int | None = 0  # targets seen by the job (None: not known yet)
+        self.tokens_this_process = 0  # of those, the ones this process trained on (tokens/s)
         self.skipped = 0  # batches skipped for a non-finite loss (train.skip_nonfinite)
         self.raw_weights: dict[str, torch.Tensor] | None = None  # the trained ones, if averaged
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit
@@ -226,6 +227,7 @@ class Trainer:
         if self.tokens is None:  # resumed from a file without the count: steps were alike
             self.tokens = int(self.step * step_targets)
         self.tokens += int(step_targets)
+        self.tokens_this_process += int(step_targets)
         finite = cfg.skip_nonfinite and _all_finite(total, norm)
         if cfg.skip_nonfinite and not distributed.all_ranks(finite, self.world, self.device):
             self._skip_batch(total.item())

@@ -40,7 +40,7 @@ def run_loop(trainer) -> TrainResult:
     cfg = trainer.config.train
     _announce(trainer)
     bar = tqdm(total=cfg.max_steps, initial=trainer.step, disable=not trainer.progress, unit="step")
-    clock = _Clock(trainer.elapsed, trainer.tokens)
+    clock = _Clock(trainer.elapsed)
     metrics: dict[str, float] = {}
     while trainer.step < cfg.max_steps and not _time_is_up(trainer):
         loss = trainer.train_step()
@@ -66,7 +66,7 @@ def run_loop(trainer) -> TrainResult:
         metrics,
         trainer.best_val,
         trainer.elapsed,
-        clock.tokens_per_s(trainer.tokens),
+        clock.tokens_per_s(trainer.tokens_this_process),
     )
 
 
@@ -74,9 +74,8 @@ class _Clock:
     """Training time since the run began (a resumed run goes on from its saved clock), and
     the tokens per second of this process's part of the run."""
 
-    def __init__(self, elapsed: float, tokens: int | None) -> None:
+    def __init__(self, elapsed: float) -> None:
         self.began = time.perf_counter()
-        self.first_tokens = tokens or 0
         self.restart(elapsed)
 
     def restart(self, elapsed: float) -> None:
@@ -86,9 +85,10 @@ class _Clock:
     def elapsed(self) -> float:
         return self.start_elapsed + time.perf_counter() - self.start
 
-    def tokens_per_s(self, tokens: int | None) -> float:
+    def tokens_per_s(self, tokens: int) -> float:
+        """`tokens` trained on since this process began, per second of its wall clock."""
         seconds = time.perf_counter() - self.began
-        return ((tokens or 0) - self.first_tokens) / seconds if seconds > 0 else 0.0
+        return tokens / seconds if seconds > 0 else 0.0
 
 
 def _time_is_up(trainer) -> bool:
@@ -116,7 +116,7 @@ def _log_step(trainer, loss: float, bar: tqdm, clock: _Clock) -> None:
             trainer.log_metrics({"step": trainer.step, "skipped_batches": trainer.skipped})
             return
         raise trainer.nonfinite_error(f"the loss became {loss}")
-    tok_s = clock.tokens_per_s(trainer.tokens)
+    tok_s = clock.tokens_per_s(trainer.tokens_this_process)
     lr = trainer.optimizer.param_groups[0]["lr"]
     postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}"}
     if train.max_time > 0:
