@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from qkv.models.gpt import GPT
 from qkv.tokenizer import CharTokenizer
 
 TEXT = "To be, or not to be: that is the question.\n"
+REFUSED_PICKLE = (
+    "trainer.pt cannot be loaded safely: it holds objects other than tensors and plain values"
+)
 
 
 def tiny_run(n_embd: int = 32, **model) -> tuple[GPT, RunConfig, CharTokenizer]:
@@ -103,9 +107,11 @@ class _RunsCode:
 def test_trainer_pt_that_would_run_code_is_refused(run_copy, tmp_path):
     marker = tmp_path / "code-ran"
     torch.save({"step": 1, "payload": _RunsCode(marker)}, run_copy / TRAINER_FILE)
-    with pytest.raises(QkvError, match="cannot be loaded safely") as info:
+    with pytest.raises(QkvError, match=REFUSED_PICKLE) as info:
         load_trainer_state(run_copy)
-    assert "\n" not in str(info.value)
+    # one plain line: none of torch's advice to load the file unsafely, none of its escapes
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
+    assert "weights_only" not in str(info.value)
     assert not marker.exists()
     # the file really is malicious: an unsafe load would have run its code
     torch.load(run_copy / TRAINER_FILE, weights_only=False)
@@ -117,8 +123,8 @@ def test_resume_refuses_a_malicious_trainer_pt(cli, run_copy, tmp_path):
     torch.save({"step": 1, "payload": _RunsCode(marker)}, run_copy / TRAINER_FILE)
     result = cli("train", "--out", run_copy, "--resume", "--max-steps", 40, "--no-progress")
     assert result.code == 2
-    assert result.err.startswith("qkv: error: ") and len(result.err.splitlines()) == 1
-    assert TRAINER_FILE in result.err
+    assert result.err.startswith(f"qkv: error: {run_copy}/{REFUSED_PICKLE}")
+    assert len(result.err.splitlines()) == 1
     assert not marker.exists()
 
 
@@ -126,7 +132,13 @@ def test_weights_that_do_not_match_the_config_are_an_error(tmp_path):
     small, _, _ = tiny_run(n_embd=32)
     _, config, tokenizer = tiny_run(n_embd=64)
     save_checkpoint(tmp_path, small, config, tokenizer)  # config.json says 64, weights are 32
-    with pytest.raises(QkvError, match="does not match"):
+    # the message names the first tensor that does not fit, with both shapes
+    expected = (
+        "model.safetensors does not match its config.json: size mismatch for "
+        "transformer.h.0.ln_1.weight: copying a param with shape torch.Size([32]) from "
+        "checkpoint, the shape in current model is torch.Size([64])"
+    )
+    with pytest.raises(QkvError, match=re.escape(expected)):
         qkv.load(tmp_path)
 
 
@@ -135,7 +147,8 @@ def test_weights_missing_a_tensor_are_an_error(tmp_path):
     save_checkpoint(tmp_path, model, config, tokenizer)
     deeper = GPT(GPTConfig(**{**config.model.__dict__, "n_layer": 2}))
     save_model(deeper, str(tmp_path / MODEL_FILE))  # one block too many
-    with pytest.raises(QkvError, match="does not match"):
+    expected = 'does not match its config.json: Unexpected key(s) in state_dict: "transformer.h.1.'
+    with pytest.raises(QkvError, match=re.escape(expected)):
         qkv.load(tmp_path)
 
 
@@ -144,29 +157,32 @@ def test_corrupt_weights_file_is_an_error(tmp_path):
     save_checkpoint(tmp_path, model, config, tokenizer)
     data = (tmp_path / MODEL_FILE).read_bytes()
     (tmp_path / MODEL_FILE).write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(QkvError):
+    # a broken file, not a config mismatch: nothing to fix in config.json
+    expected = f"{tmp_path / MODEL_FILE} is not a readable safetensors file: Error while "
+    with pytest.raises(QkvError, match=re.escape(expected)):
         qkv.load(tmp_path)
 
 
 def test_tokenizer_that_does_not_match_the_config_is_an_error(tmp_path):
     model, config, _ = tiny_run()
     save_checkpoint(tmp_path, model, config, CharTokenizer.from_text("abc"))
-    with pytest.raises(QkvError, match="vocab_size"):
+    expected = f"config says vocab_size={config.model.vocab_size} but the tokenizer has 3 entries"
+    with pytest.raises(QkvError, match=expected):
         qkv.load(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "message"),
     [
-        "{not json",
-        "[1, 2, 3]",
-        '{"model": {"n_layers": 2}}',
-        '{"model": {"n_layer": "two"}}',
-        '{"optimiser": {}}',
-        b"\xff\xfe{}",
+        ("{not json", "config.json is not a readable JSON config: Expecting property name"),
+        ("[1, 2, 3]", "config.json must hold a JSON object"),
+        ('{"model": {"n_layers": 2}}', r"unknown key model.n_layers \(did you mean n_layer\?\)"),
+        ('{"model": {"n_layer": "two"}}', "model.n_layer must be int, got str 'two'"),
+        ('{"optimiser": {}}', r"config.json: unknown table \[optimiser\]"),
+        (b"\xff\xfe{}", "is not a readable JSON config: 'utf-8' codec can't decode byte 0xff"),
     ],
 )
-def test_malformed_config_json_is_an_error(tmp_path, content):
+def test_malformed_config_json_is_an_error(tmp_path, content, message):
     model, config, tokenizer = tiny_run()
     save_checkpoint(tmp_path, model, config, tokenizer)
     path = tmp_path / CONFIG_FILE
@@ -174,20 +190,22 @@ def test_malformed_config_json_is_an_error(tmp_path, content):
         path.write_bytes(content)
     else:
         path.write_text(content, encoding="utf-8")
-    with pytest.raises(QkvError) as info:
+    with pytest.raises(QkvError, match=message) as info:
         load_checkpoint(tmp_path)
+    assert str(info.value).startswith(str(tmp_path / CONFIG_FILE))
     assert "\n" not in str(info.value)
 
 
 def test_missing_pieces_are_errors(tmp_path):
-    with pytest.raises(QkvError, match="does not exist"):
+    with pytest.raises(QkvError, match=f"checkpoint {tmp_path / 'nowhere'} does not exist"):
         load_checkpoint(tmp_path / "nowhere")
     model, config, tokenizer = tiny_run()
     for name in (CONFIG_FILE, TOKENIZER_FILE, MODEL_FILE):
         directory = tmp_path / name.replace(".", "-")
         save_checkpoint(directory, model, config, tokenizer)
         (directory / name).unlink()
-        with pytest.raises(QkvError, match="missing"):
+        expected = f"{directory / name} is missing: is {directory} a qkv checkpoint?"
+        with pytest.raises(QkvError, match=re.escape(expected)):
             load_checkpoint(directory)
 
 

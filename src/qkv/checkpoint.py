@@ -150,9 +150,13 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
         raise QkvError(f"{path} is missing: the run in {directory} cannot be resumed")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QkvError(f"{path} cannot be loaded safely: {first_line}") from None
+    except pickle.UnpicklingError:  # torch's own text urges an unsafe load: not ours to echo
+        raise QkvError(
+            f"{path} cannot be loaded safely: it holds objects other than tensors and plain "
+            "values, and qkv never unpickles those"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise QkvError(f"{path} cannot be loaded safely: {_first_line(exc)}") from None
 
 
 @dataclass
@@ -214,6 +218,16 @@ def _fill_weights(model: torch.nn.Module, directory: Path, device: str | torch.d
         raise QkvError(f"{weights} is missing: is {directory} a qkv checkpoint?")
     try:
         load_model(model, str(weights), strict=True, device=str(device))
-    except (RuntimeError, SafetensorError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QkvError(f"{weights} does not match its config.json: {first_line}") from None
+    except (SafetensorError, OSError) as exc:  # truncated, corrupt or unreadable
+        raise QkvError(
+            f"{weights} is not a readable safetensors file: {_first_line(exc)}"
+        ) from None
+    except RuntimeError as exc:  # torch's header line, then one line per wrong tensor
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else _first_line(exc)
+        raise QkvError(f"{weights} does not match its config.json: {detail}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
