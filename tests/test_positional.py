@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from qkv.nn.attention import MultiHeadAttention
@@ -50,3 +51,16 @@ def test_distinct_positions_get_distinct_encodings():
     distances = torch.cdist(table, table)
     off_diagonal = distances[~torch.eye(128, dtype=torch.bool)]
     assert off_diagonal.min() > 1e-3
+
+
+def test_a_model_without_positions_has_no_table_to_draw():
+    from qkv.config import GPTConfig
+    from qkv.errors import QkvError
+    from qkv.models.gpt import GPT
+    from qkv.viz.positions import positional_table
+
+    config = GPTConfig(vocab_size=10, positional="none")
+    model = GPT(config)
+    assert "wpe" not in model.transformer and model.transformer.h[0].attn.rotary is None
+    with pytest.raises(QkvError, match=r"no positions to draw \(model.positional=none\)"):
+        positional_table("none", config, model)

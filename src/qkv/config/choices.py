@@ -11,7 +11,7 @@ from qkv.errors import QkvError
 ACTIVATIONS = ("relu", "gelu", "swiglu")  # the feed-forward network's non-linearity
 NORM_PLACEMENTS = ("pre", "post")  # where the norm sits around each sub-layer
 NORM_TYPES = ("layernorm", "rmsnorm")
-POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary")
+POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary", "none")  # none: order-blind (a lesson)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adamw", "adam", "muon")  # muon: the blocks' matrices, AdamW/Adam beside it
 TOKENIZER_KINDS = ("char", "bpe")  # or a directory with a pretrained tokenizer (GPT runs)

@@ -36,7 +36,7 @@ class GPTConfig:
     n_kv_head: int | None = None  # key/value heads; fewer than n_head is grouped-query attention
     dropout: float = 0.0
     bias: bool = True
-    positional: str = "rotary"  # learned | sinusoidal | rotary
+    positional: str = "rotary"  # learned | sinusoidal | rotary | none
     norm: str = "pre"  # where the norm sits: pre (GPT-2) | post (the paper)
     norm_type: str = "layernorm"  # layernorm | rmsnorm
     activation: str = "relu"  # relu | gelu | swiglu

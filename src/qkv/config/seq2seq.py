@@ -51,7 +51,7 @@ class Seq2SeqConfig:
     n_kv_head: int | None = None  # key/value heads; fewer than n_head is grouped-query attention
     d_ff: int = 384  # the feed-forward network's hidden width
     dropout: float = 0.0  # the paper: 0.1; generated tasks never repeat enough to overfit
-    positional: str = "sinusoidal"  # sinusoidal (the paper) | learned | rotary
+    positional: str = "sinusoidal"  # sinusoidal (the paper) | learned | rotary | none
     norm: str = "post"  # post (the paper) | pre
     norm_type: str = "layernorm"  # layernorm | rmsnorm
     activation: str = "relu"  # relu (the paper) | gelu | swiglu

@@ -22,6 +22,11 @@ Three ways to give the model positions:
   so q_m . k_n depends on m and n only through m - n: attention sees relative positions.
   qkv's GPT default (val loss 1.672 against 1.764 for learned positions in round 2 of the
   sweep in benchmarks/README.md).
+- `"none"`: no positions at all, to show what self-attention cannot do without them. A stack of
+  non-causal blocks is then exactly permutation-equivariant. A causal one is not quite blind:
+  its mask lets a layer count how many tokens it sees, so from the second layer on order leaks
+  in (Haviv et al., 2022, "Transformer language models without positional encodings still
+  learn positional information"); one causal layer sees its prefix as a bag of tokens.
 """
 
 from __future__ import annotations
@@ -99,11 +104,11 @@ class RotaryEmbedding(nn.Module):
 
 def make_positional(kind: str, block_size: int, n_embd: int) -> nn.Module | None:
     """The module whose output is added to the token embeddings; None for rotary, which acts
-    inside attention instead."""
+    inside attention instead, and for "none", which gives the model no positions."""
     if kind == "learned":
         return LearnedPositionalEmbedding(block_size, n_embd)
     if kind == "sinusoidal":
         return SinusoidalPositionalEncoding(block_size, n_embd)
-    if kind == "rotary":
+    if kind in ("rotary", "none"):
         return None
     raise ValueError(f"unknown positional kind {kind!r}; choose one of {POSITIONAL_KINDS}")

@@ -53,6 +53,8 @@ def positional_table(kind: str, config: GPTConfig, model: torch.nn.Module | None
         return sinusoidal_table(config.block_size, config.n_embd).numpy()
     if kind == "rotary":
         return rotary_table(config.head_size, config.block_size)
+    if kind == "none":
+        raise QkvError("this model has no positions to draw (model.positional=none)")
     raise QkvError(f"unknown positional kind {kind!r}")
 
 
