@@ -2,10 +2,15 @@
 
 Everything here is offline, CPU-only and deterministic. Texts are generated from a fixed
 seed; models are tiny (one layer, 32 channels, context 16) so a training run takes a second.
+
+No silent skips: pytest reports every skip with its reason (`-rs` in pyproject.toml), and in
+CI (the CI variable set, as `.ci/run` does) a skipped test fails the run, since there every
+test's requirements (the test extras, Chromium) are installed.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -45,6 +50,15 @@ def make_text(n_lines: int = 120, seed: int = 0) -> str:
     """A few KB of Shakespeare-like lines, the same for the same arguments."""
     rng = random.Random(seed)
     return "\n".join(rng.choice(_LINES) for _ in range(n_lines)) + "\n"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In CI, a run with any skipped test fails: a skip there means a requirement is missing."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if os.environ.get("CI") and skipped and exitstatus == 0:
+        reporter.write_line(f"CI: {len(skipped)} skipped test(s) fail the run (see -rs above)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
