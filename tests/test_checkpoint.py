@@ -87,6 +87,39 @@ def test_config_json_holds_the_effective_config(trained_run):
     assert RunConfig.from_dict(tree) == config
 
 
+def test_train_writes_a_complete_run_directory(trained_run):
+    names = {p.name for p in trained_run.run_dir.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer.pt",
+        "metrics.jsonl",
+        "best",
+    } <= names
+
+
+def test_overwrite_starts_afresh(cli, run_copy, trained_run, tiny):
+    result = cli(
+        "train",
+        "--data",
+        trained_run.text_file,
+        "--out",
+        run_copy,
+        "--overwrite",
+        "--max-steps",
+        2,
+        "--max-time",
+        0,
+        "--no-progress",
+        *tiny,
+    )
+    assert result.code == 0, result.err
+    lines = (run_copy / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3  # steps 1 and 2, then the final evaluation: nothing of the old run
+    assert qkv.load(run_copy)[0].config.n_embd == 32
+
+
 def test_trainer_state_of_a_real_run_loads_safely(trained_run):
     state = load_trainer_state(trained_run.run_dir)
     assert state["step"] == trained_run.steps

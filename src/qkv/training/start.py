@@ -55,7 +55,10 @@ class RunStart:
         model_config = self.recipe.config.model
         torch.manual_seed(config.train.seed)
         if start is not None and _weights_differ(start.config.model, model_config, resume):
-            raise QkvError(f"the model config differs from the run's in {self.out_dir}")
+            raise QkvError(
+                f"the model config differs from the run's in {self.out_dir}: "
+                + _model_differences(start.config.model, model_config)
+            )
         # a checkpoint's weights in the run's model (which may set another dropout)
         self.model = start.model(self.device, model_config) if start else self.recipe.build_model()
         self.model.to(self.device)
@@ -136,6 +139,15 @@ def _weights_differ(saved: Any, run: Any, resume: bool) -> bool:
     if resume:
         return saved != run
     return dataclasses.replace(saved, dropout=0.0) != dataclasses.replace(run, dropout=0.0)
+
+
+def _model_differences(saved: Any, run: Any) -> str:
+    """`model.n_embd=64 (the run's: 32)` for each setting where `run` differs from `saved`."""
+    return ", ".join(
+        f"model.{f.name}={getattr(run, f.name)!r} (the run's: {getattr(saved, f.name)!r})"
+        for f in dataclasses.fields(saved)
+        if getattr(run, f.name) != getattr(saved, f.name)
+    )
 
 
 def fine_tuning_config(config: ConfigTree, start: ConfigTree) -> ConfigTree:
