@@ -1,8 +1,12 @@
-"""Sampling filters: temperature, top-k, top-p, option checks."""
+"""Sampling: the filters (temperature, top-k, top-p), option checks, and `qkv sample`
+printing exactly what GPT.generate draws from the same seed and settings."""
+
+from pathlib import Path
 
 import pytest
 import torch
 
+import qkv
 from qkv.decoding.sampling import check_sampling_options, filter_top_k, filter_top_p, sample_next
 from qkv.errors import QkvError
 
@@ -51,3 +55,83 @@ def test_low_temperature_approaches_greedy():
 def test_meaningless_options_are_refused(args, message):
     with pytest.raises(QkvError, match=message):
         check_sampling_options(*args)
+
+
+# -- `qkv sample` prints what GPT.generate draws ------------------------------------------------
+
+SEPARATOR = "\n" + "-" * 40 + "\n"  # between the samples of --num-samples
+
+
+def cli_sample(cli, run: Path, prompt: str, *flags: object) -> str:
+    result = cli("sample", "--checkpoint", run, "--prompt", prompt, "--device", "cpu", *flags)
+    assert result.code == 0, result.err
+    return result.out
+
+
+def generated(run: Path, prompt: str, max_new_tokens: int, seed: int, count=1, **options):
+    """`count` samples from GPT.generate, drawn one after another from one seeded generator
+    (as `qkv sample --seed` draws them), each decoded with its prompt."""
+    model, tokenizer = qkv.load(run)
+    generator = torch.Generator().manual_seed(seed)
+    idx = torch.tensor([tokenizer.encode(prompt)])
+    return [
+        tokenizer.decode(
+            model.generate(idx, max_new_tokens, generator=generator, **options)[0].tolist()
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "options"),
+    [
+        ([], {"temperature": 0.8}),  # qkv sample's default temperature
+        (["--temperature", 1.0, "--top-k", 5], {"temperature": 1.0, "top_k": 5}),
+        (["--temperature", 1.5, "--top-p", 0.6], {"temperature": 1.5, "top_p": 0.6}),
+        (["--temperature", 0], {"temperature": 0}),  # greedy
+    ],
+)
+def test_sample_prints_what_generate_draws_with_the_same_seed(cli, trained_run, flags, options):
+    out = cli_sample(
+        cli, trained_run.run_dir, "ROMEO:", "--max-new-tokens", 60, "--seed", 3, *flags
+    )
+    [expected] = generated(trained_run.run_dir, "ROMEO:", 60, seed=3, **options)
+    assert out == expected + "\n"
+    assert expected.startswith("ROMEO:") and len(expected) == len("ROMEO:") + 60
+
+
+def test_sampling_settings_change_what_is_drawn(trained_run):
+    """The cases above are far enough apart that a `qkv sample` ignoring one setting fails."""
+    draw = [
+        generated(trained_run.run_dir, "ROMEO:", 60, seed=3, **options)[0]
+        for options in (
+            {"temperature": 0.8},
+            {"temperature": 1.0},
+            {"temperature": 1.0, "top_k": 5},
+            {"temperature": 1.5},
+            {"temperature": 1.5, "top_p": 0.6},
+            {"temperature": 0},
+        )
+    ]
+    assert len(set(draw)) == len(draw)
+    assert generated(trained_run.run_dir, "ROMEO:", 60, seed=4)[0] != draw[1]  # and the seed
+
+
+def test_num_samples_draws_the_samples_one_after_another_from_the_seed(cli, trained_run):
+    run = trained_run.run_dir
+    out = cli_sample(cli, run, "JULIET", "--max-new-tokens", 60, "--num-samples", 3, "--seed", 5)
+    samples = generated(run, "JULIET", 60, seed=5, count=3, temperature=0.8)
+    assert out == SEPARATOR.join(sample + "\n" for sample in samples)
+    assert len(set(samples)) == 3  # each sample draws afresh
+
+
+def test_temperature_zero_is_greedy_and_ignores_the_seed(cli, trained_run):
+    run = trained_run.run_dir
+    a = cli_sample(cli, run, "HAMLET", "--max-new-tokens", 60, "--temperature", 0, "--seed", 1)
+    b = cli_sample(cli, run, "HAMLET", "--max-new-tokens", 60, "--temperature", 0, "--seed", 2)
+    assert a == b
+    # and it is the argmax continuation
+    model, tokenizer = qkv.load(run)
+    ids = torch.tensor([tokenizer.encode("HAMLET")])
+    greedy = tokenizer.decode(model.generate(ids, 60, temperature=0)[0].tolist())
+    assert a == greedy + "\n"
