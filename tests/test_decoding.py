@@ -94,6 +94,21 @@ def test_beam_search_finds_the_best_sequence_that_greedy_misses():
     assert beam_search(model, SRC, beam_size=2, alpha=0.6) == [[B]]
 
 
+def short_or_long(prefix: tuple[int, ...]) -> list[float]:
+    """<eos> at once has P = 0.5; A then <eos> has P = 0.5 * 0.8 = 0.4, but one token more."""
+    if prefix == ():
+        return probs(0.5, 0.5, 0.0)
+    return probs(0.8, 0.2, 0.0)
+
+
+def test_the_length_penalty_decides_between_a_short_and_a_longer_output():
+    # scores by hand: [] is log 0.5 / 1 = -0.693; [A] is log 0.4 / ((5 + 2) / 6)^alpha,
+    # -0.916 for alpha 0 (the shorter wins) and -0.916 / 1.361 = -0.673 for alpha 2
+    model = TableModel(short_or_long)
+    assert beam_search(model, SRC, beam_size=2, alpha=0.0) == [[]]
+    assert beam_search(model, SRC, beam_size=2, alpha=2.0) == [[A]]
+
+
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
 def test_a_wide_enough_beam_equals_exhaustive_search(seed, alpha):

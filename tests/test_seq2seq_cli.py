@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 import pytest
+import sacrebleu
+import torch
 
 import qkv
+from qkv.checkpoint import open_checkpoint, save_checkpoint
+from qkv.config.seq2seq import EOS_ID
+from qkv.data.tasks import pair_splits
+from qkv.decoding import beam_search, greedy_decode
+from qkv.evaluate import score_translations
 from qkv.models.seq2seq import Seq2SeqTransformer
 
 TINY_SEQ2SEQ = [
@@ -17,9 +23,7 @@ TINY_SEQ2SEQ = [
     "data.synthetic_len=4", "train.batch_size=16", "train.warmup_steps=10",
     "train.eval_interval=20", "train.eval_examples=10", "train.log_interval=5",
 ]  # fmt: skip
-EVAL_LINE = re.compile(
-    r"^exact_match=(\d\.\d{4}) bleu=(\d+\.\d\d) chrf=(\d+\.\d\d) examples=(\d+)$"
-)
+SOURCES = ["djrj", "btdw", "wcky", "rejd", "kzzk", "abc", "dcba", "eil", "quz", "ves"]
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -41,6 +45,40 @@ def copy_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def random_run(copy_run, tmp_path_factory) -> Path:
+    """The copy run's config and vocabulary with freshly drawn weights. The 20-step copy model
+    answers every input with nothing; these weights, drawn wide and with <eos> made likelier,
+    give outputs that differ from input to input and end at different lengths, so greedy,
+    beam search and each length penalty print different translations of SOURCES."""
+    checkpoint = open_checkpoint(copy_run)
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(checkpoint.config.model)
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(0.0, 0.3)
+        model.lm_head.weight[EOS_ID] *= 3
+    out = tmp_path_factory.mktemp("seq2seq") / "random"
+    save_checkpoint(out, model, checkpoint.config, checkpoint.tokenizer)
+    return out
+
+
+def library_decode(run: Path, texts: list[str], beam: int, alpha: float = 0.6) -> list[str]:
+    """Each text decoded on its own by qkv.decoding: greedy for beam 1, else beam search."""
+    model, tokenizer = qkv.load(run)
+    outputs = []
+    for text in texts:
+        src = torch.tensor([tokenizer.encode(text) + [EOS_ID]])
+        ids = greedy_decode(model, src) if beam == 1 else beam_search(model, src, beam, alpha)
+        outputs.append(tokenizer.decode(ids[0]))
+    return outputs
+
+
+def lines(texts: list[str]) -> str:
+    return "".join(f"{text}\n" for text in texts)
+
+
 def test_train_writes_a_seq2seq_checkpoint(copy_run):
     config = (copy_run / "config.json").read_text()
     assert '"kind": "seq2seq"' in config
@@ -51,37 +89,78 @@ def test_train_writes_a_seq2seq_checkpoint(copy_run):
     assert model.config.n_encoder_layer == 1  # the tiny preset
 
 
-def test_translate_texts_and_stdin(cli, copy_run, monkeypatch):
-    result = cli("translate", "--checkpoint", copy_run, "--device", "cpu", "abc", "dcba")
+@pytest.mark.parametrize(("beam", "alpha"), [(1, 0.6), (4, 0.6), (4, 0.0), (4, 2.0)])
+def test_translate_prints_the_librarys_greedy_or_beam_decode(cli, random_run, beam, alpha):
+    result = cli(
+        "translate", "--checkpoint", random_run, "--device", "cpu", "--beam", beam,
+        "--alpha", alpha, *SOURCES,
+    )  # fmt: skip
     assert result.code == 0, result.err
-    assert len(result.out.splitlines()) == 2
-    monkeypatch.setattr("sys.stdin", io.StringIO("abc\ndcba\n"))
-    piped = cli("translate", "--checkpoint", copy_run, "--device", "cpu")
-    assert piped.out == result.out
-    greedy = cli("translate", "--checkpoint", copy_run, "--beam", "1", "abc", "dcba")
-    assert greedy.code == 0 and len(greedy.out.splitlines()) == 2
+    assert result.out == lines(library_decode(random_run, SOURCES, beam, alpha))
 
 
-def test_eval_prints_exact_match_bleu_chrf_on_the_test_split(cli, copy_run, tmp_path):
-    result = cli("eval", "--checkpoint", copy_run, "--device", "cpu", "--beam", "2")
+def test_the_decoding_settings_change_the_translations(random_run):
+    """So a `qkv translate` that ignored --beam or --alpha fails the test above."""
+    greedy, beam = library_decode(random_run, SOURCES, 1), library_decode(random_run, SOURCES, 4)
+    assert greedy != beam
+    assert library_decode(random_run, SOURCES, 4, 0.0) != beam
+    assert library_decode(random_run, SOURCES, 4, 2.0) != beam
+    assert len({len(output) for output in beam}) >= 3  # outputs of several lengths
+    assert beam != SOURCES
+
+
+def test_translate_defaults_to_beam_4_and_reads_stdin(cli, random_run, monkeypatch):
+    result = cli("translate", "--checkpoint", random_run, "--device", "cpu", *SOURCES)
+    assert result.out == lines(library_decode(random_run, SOURCES, 4, 0.6))
+    monkeypatch.setattr("sys.stdin", io.StringIO(lines(SOURCES)))
+    piped = cli("translate", "--checkpoint", random_run, "--device", "cpu")
+    assert piped.code == 0 and piped.out == result.out
+
+
+def test_eval_scores_the_librarys_translations_of_the_test_split(cli, random_run):
+    result = cli("eval", "--checkpoint", random_run, "--device", "cpu", "--beam", "2")
     assert result.code == 0, result.err
-    match = EVAL_LINE.match(result.out.strip())
-    assert match, result.out
-    assert 0.0 <= float(match[1]) <= 1.0 and int(match[4]) == 20
-    pairs = tmp_path / "pairs.tsv"
-    pairs.write_text("abc\tabc\nbcd\tbcd\n", encoding="utf-8")
-    on_file = cli("eval", "--checkpoint", copy_run, "--data", pairs)
-    assert EVAL_LINE.match(on_file.out.strip()).group(4) == "2"
+    test = pair_splits(open_checkpoint(random_run).config.data).test
+    hypotheses = library_decode(random_run, [source for source, _ in test], 2)
+    expected = score_translations(hypotheses, [target for _, target in test], char_level=True)
+    assert result.out == expected.line() + "\n" and expected.examples == 20
 
 
-def test_a_perfect_model_scores_one_hundred(cli, copy_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        "qkv.evaluate.translate_texts", lambda model, tok, texts, beam, alpha: list(texts)
-    )
-    pairs = tmp_path / "pairs.tsv"  # sources equal targets: the identity is perfect
-    pairs.write_text("the cat sat on the mat\tthe cat sat on the mat\n" * 3, encoding="utf-8")
-    result = cli("eval", "--checkpoint", copy_run, "--data", pairs)
-    assert result.out.strip() == "exact_match=1.0000 bleu=100.00 chrf=100.00 examples=3"
+def write_pairs(path: Path, sources: list[str], targets: list[str]) -> Path:
+    path.write_text(lines([f"{s}\t{t}" for s, t in zip(sources, targets, strict=True)]))
+    return path
+
+
+def translated(run: Path) -> tuple[list[str], list[str]]:
+    """The SOURCES the model translates to something (beam 4), and those translations."""
+    outputs = library_decode(run, SOURCES, 4)
+    kept = [i for i, output in enumerate(outputs) if output]
+    return [SOURCES[i] for i in kept], [outputs[i] for i in kept]
+
+
+def test_eval_on_pairs_scores_an_imperfect_translation_as_sacrebleu_does(cli, random_run, tmp_path):
+    sources, outputs = translated(random_run)
+    # every other reference differs from the model's output in its first character
+    wrong_first = [("b" if o[0] == "a" else "a") + o[1:] for o in outputs]
+    references = [o if i % 2 else wrong_first[i] for i, o in enumerate(outputs)]
+    pairs = write_pairs(tmp_path / "pairs.tsv", sources, references)
+    result = cli("eval", "--checkpoint", random_run, "--data", pairs)
+    assert result.code == 0, result.err
+    exact = sum(o == r for o, r in zip(outputs, references, strict=True)) / len(outputs)
+    bleu = sacrebleu.corpus_bleu(outputs, [references], tokenize="char").score  # char-level model
+    chrf = sacrebleu.corpus_chrf(outputs, [references]).score
+    n = len(outputs)
+    assert result.out == f"exact_match={exact:.4f} bleu={bleu:.2f} chrf={chrf:.2f} examples={n}\n"
+    assert 0 < exact < 1 and 0 < bleu < 100 and 0 < chrf < 100
+
+
+def test_a_model_scored_on_its_own_translations_scores_one_hundred(cli, random_run, tmp_path):
+    """A real model, no stand-in: references that are its beam-4 outputs are matched exactly."""
+    sources, outputs = translated(random_run)
+    pairs = write_pairs(tmp_path / "own.tsv", sources, outputs)
+    result = cli("eval", "--checkpoint", random_run, "--data", pairs)
+    assert result.out == f"exact_match=1.0000 bleu=100.00 chrf=100.00 examples={len(outputs)}\n"
+    assert len(outputs) >= 8
 
 
 def test_train_on_a_tsv_file_and_resume(cli, tmp_path):
@@ -152,4 +231,4 @@ def test_a_bpe_vocabulary_trains_and_translates_any_text(cli, tmp_path):
     assert result.code == 0, result.err
     translated = cli("translate", "--checkpoint", out, "--beam", "2", "fünf €")  # unseen text
     assert translated.code == 0, translated.err
-    assert len(translated.out.splitlines()) == 1
+    assert translated.out == lines(library_decode(out, ["fünf €"], 2))
