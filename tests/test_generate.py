@@ -45,11 +45,11 @@ def test_low_temperature_approaches_greedy():
 @pytest.mark.parametrize(
     "args, message",
     [
-        ((-1, 1.0, None, None), "max_new_tokens"),
-        ((5, -0.5, None, None), "temperature"),
-        ((5, 1.0, 0, None), "top_k"),
-        ((5, 1.0, None, 0.0), "top_p"),
-        ((5, 1.0, None, 1.5), "top_p"),
+        ((-1, 1.0, None, None), r"^max_new_tokens must be >= 0, got -1$"),
+        ((5, -0.5, None, None), r"^temperature must be >= 0 \(0 is greedy\), got -0.5$"),
+        ((5, 1.0, 0, None), r"^top_k must be >= 1, got 0$"),
+        ((5, 1.0, None, 0.0), r"^top_p must be in \(0, 1\], got 0.0$"),
+        ((5, 1.0, None, 1.5), r"^top_p must be in \(0, 1\], got 1.5$"),
     ],
 )
 def test_meaningless_options_are_refused(args, message):
