@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from qkv.checkpoint import TRAINER_FILE, load_trainer_state
 from qkv.cli import main
 
 # Overrides for a model and a run small enough to train in about a second on a laptop CPU.
@@ -156,3 +160,38 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
 def run_copy(trained_run: TrainedRun, tmp_path: Path) -> Path:
     """A private copy of the trained run directory, free to modify."""
     return Path(shutil.copytree(trained_run.run_dir, tmp_path / "run-copy"))
+
+
+# -- waiting on a run in another process ---------------------------------------------------
+
+# Seconds a test waits for something another process will do before it calls that process
+# stuck. A failsafe, never a measure: on an idle machine every wait ends in a few seconds.
+FAILSAFE_S = 120.0
+
+
+def saved_step(run_dir: Path) -> int:
+    """The step of the run's last complete snapshot, -1 before the first one: trainer.pt is
+    written last in a save and replaced in one atomic rename, so once it names a step, the
+    save of that step has finished (wait on this, not on metrics.jsonl: a step's metrics
+    line is written before its save begins)."""
+    return load_trainer_state(run_dir)["step"] if (run_dir / TRAINER_FILE).exists() else -1
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    processes: Iterable[subprocess.Popen],
+    what: str,
+    timeout: float = FAILSAFE_S,
+) -> None:
+    """Poll `condition` until it holds. Fails at once if one of `processes` exits first (it
+    never will do what is awaited), and after `timeout` seconds, as a failsafe only."""
+    processes = list(processes)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            if process.poll() is not None:  # its output (if piped) says why
+                pytest.fail(
+                    f"exited with {process.returncode} before {what}: {process.communicate()}"
+                )
+        assert time.monotonic() < deadline, f"still waiting after {timeout:.0f} s for {what}"
+        time.sleep(0.05)

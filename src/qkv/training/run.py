@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 from qkv.config import ConfigTree
 from qkv.errors import JobBroken
-from qkv.runtime import resolve_device
+from qkv.runtime import STOP_SIGNALS, resolve_device
 from qkv.training import distributed
 from qkv.training.distributed import World
 from qkv.training.loop import Trainer
@@ -34,6 +36,7 @@ def train(
         except RuntimeError as exc:
             if not (world.launched and distributed.is_peer_failure(exc)):
                 raise
+            _ignore_stop_signals()
             reason = distributed.short_reason(exc)
             raise JobBroken(
                 f"rank {world.rank}: lost the other processes of the job ({reason}); the last "
@@ -42,6 +45,19 @@ def train(
     if world.is_main:
         plot_after_training(result.out_dir)  # curves.png; a failure to draw only warns
     return result
+
+
+def _ignore_stop_signals() -> None:
+    """SIGINT and SIGTERM do nothing from here on (set in the main thread only).
+
+    For a rank whose job is over: torchrun soon sends it SIGTERM (when the rendezvous host
+    dies with the lost peer, its launcher notices and stops its workers), and the default
+    action, back since `fit` returned, would end the process silently while it leaves the
+    process group, before the one line that says what happened.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _fit_once(
