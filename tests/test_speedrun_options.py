@@ -195,3 +195,31 @@ def test_the_encoder_decoder_takes_qk_norm_and_relu2():
     assert not normed.decoder[0].cross_attn.qk_norm
     src, tgt = ids(2, 6) % (V - 3) + 3, ids(2, 5, seed=2) % (V - 3) + 3
     assert normed(src, tgt).shape == (2, 5, V)
+
+
+def load_speedrun():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "speedrun.py"
+    spec = importlib.util.spec_from_file_location("speedrun", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["speedrun"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_speedrun_experiment_is_a_valid_config_and_nanogpt_is_rebuilt_faithfully():
+    from qkv.config import load_config
+
+    speedrun = load_speedrun()
+    for name, overrides in speedrun.EXPERIMENTS.items():
+        load_config(None, overrides)  # a typo in an override is a QkvError naming it
+        assert name
+    nano = load_config(None, speedrun.NANOGPT_CPU)
+    assert (nano.model.n_layer, nano.model.n_head, nano.model.n_embd) == (4, 4, 128)
+    assert (nano.model.block_size, nano.train.batch_size) == (64, 12)
+    assert (nano.train.optimizer, nano.train.lr, nano.train.min_lr) == ("adamw", 1e-3, 1e-4)
+    assert nano.model.positional == "learned" and nano.model.bias is False
+    assert nano.train.schedule == "cosine"
