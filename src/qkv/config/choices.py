@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from qkv.errors import QkvError
 
-ACTIVATIONS = ("relu", "gelu", "swiglu")  # the feed-forward network's non-linearity
+ACTIVATIONS = ("relu", "gelu", "swiglu", "relu2")  # the FFN's non-linearity; relu2: ReLU(x)^2
 NORM_PLACEMENTS = ("pre", "post")  # where the norm sits around each sub-layer
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary", "none")  # none: order-blind (a lesson)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SCHEDULES = ("cosine", "trapezoid")  # the GPT's learning rate after warm-up
 OPTIMIZERS = ("adamw", "adam", "muon")  # muon: the blocks' matrices, AdamW/Adam beside it
 TOKENIZER_KINDS = ("char", "bpe")  # or a directory with a pretrained tokenizer (GPT runs)
 

@@ -14,6 +14,7 @@ from qkv.config.choices import (
     NORM_PLACEMENTS,
     NORM_TYPES,
     POSITIONAL_KINDS,
+    SCHEDULES,
     check_choice,
     check_fraction,
     check_not_negative,
@@ -39,10 +40,18 @@ class GPTConfig:
     positional: str = "rotary"  # learned | sinusoidal | rotary | none
     norm: str = "pre"  # where the norm sits: pre (GPT-2) | post (the paper)
     norm_type: str = "layernorm"  # layernorm | rmsnorm
-    activation: str = "relu"  # relu | gelu | swiglu
+    activation: str = "relu"  # relu | gelu | swiglu | relu2
+    # the speedrun's options (benchmarks/LOG.md says which won at character level)
+    qk_norm: bool = False  # RMS-normalise each head's q and k before the dot product
+    tie_embeddings: bool = True  # the LM head is the token embedding E (False: its own)
+    zero_init_proj: bool = False  # start every block's output projections at zero
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap); 0: off
+    value_embeddings: bool = False  # each layer adds a learned embedding of the token to v
+    x0_mix: bool = False  # before each block x = a_l x + b_l x_0, learned scalars
 
     def __post_init__(self) -> None:
         check_positive(self, "block_size", "n_layer", "n_head", "n_embd")
+        check_not_negative("model", self, "logit_softcap")
         if self.vocab_size is not None:
             check_positive(self, "vocab_size")
         check_heads(self.n_embd, self.n_head, self.n_kv_head, "; set model.n_head as well")
@@ -125,11 +134,18 @@ class TrainConfig(LoopConfig):
     lr: float = 3e-3
     min_lr: float = 2e-4
     eval_iters: int = 20  # random batches of each split per evaluation
+    schedule: str = "cosine"  # after warm-up: cosine | trapezoid (constant, then linear)
+    cooldown_fraction: float = 0.4  # trapezoid: the last fraction of the run, lr -> min_lr
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "lr", "eval_iters")
         check_not_negative("train", self, "decay_steps", "warmup_steps", "min_lr")
+        check_choice(self, "schedule", SCHEDULES)
+        if not 0.0 < self.cooldown_fraction <= 1.0:
+            raise QkvError(
+                f"train.cooldown_fraction must be in (0, 1], got {self.cooldown_fraction}"
+            )
 
     @property
     def schedule_steps(self) -> int:

@@ -54,7 +54,8 @@ class Seq2SeqConfig:
     positional: str = "sinusoidal"  # sinusoidal (the paper) | learned | rotary | none
     norm: str = "post"  # post (the paper) | pre
     norm_type: str = "layernorm"  # layernorm | rmsnorm
-    activation: str = "relu"  # relu (the paper) | gelu | swiglu
+    activation: str = "relu"  # relu (the paper) | gelu | swiglu | relu2
+    qk_norm: bool = False  # RMS-normalise q and k in self-attention (as the GPT can)
     bias: bool = True
     tie_embeddings: bool = True  # one matrix for source, target and output embeddings
 

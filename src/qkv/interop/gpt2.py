@@ -47,7 +47,11 @@ QKV_ACTIVATIONS = {"relu": "relu", "gelu_new": "gelu", "gelu_pytorch_tanh": "gel
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 # qkv field -> the only value of it that GPT-2 can represent
-_GPT2_CHOICES = {"positional": "learned", "norm": "pre", "norm_type": "layernorm", "bias": True}
+_GPT2_CHOICES = {
+    "positional": "learned", "norm": "pre", "norm_type": "layernorm", "bias": True,
+    "qk_norm": False, "tie_embeddings": True, "logit_softcap": 0.0,
+    "value_embeddings": False, "x0_mix": False,
+}  # fmt: skip
 
 
 def require_transformers() -> Any:

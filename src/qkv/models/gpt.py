@@ -13,7 +13,14 @@ The model (Radford et al., 2018 and 2019; the notes' decoder with masked self-at
     loss = mean cross-entropy(logits_t, idx_{t+1})
 
 Tying the output projection to the input embedding (Press & Wolf, 2017) saves V x C
-parameters and works as well or better. Parameter names follow GPT-2's (`transformer.wte`,
+parameters and works as well or better (`tie_embeddings=False` gives the head its own).
+
+Options from modded-nanogpt and nanochat, all off by default (benchmarks/LOG.md measures
+them at character level): `x0_mix` feeds block l with a_l x_{l-1} + b_l x_0 (learned
+scalars, a_l = 1 and b_l = 0 at first); `value_embeddings` adds a learned per-layer table
+of the token, VE_l[idx], to that layer's values; `logit_softcap` bounds the logits,
+cap * tanh(logits / cap); `zero_init_proj` starts the blocks' output projections at zero,
+so every block starts as the identity. Parameter names follow GPT-2's (`transformer.wte`,
 `transformer.h.0.attn.c_attn`, ...), so GPT-2 checkpoints map onto this model by key.
 """
 
@@ -51,12 +58,20 @@ class GPT(nn.Module):
         if wpe is not None:  # absolute positions are added to the embeddings
             parts["wpe"] = wpe
         parts.update(drop=nn.Dropout(config.dropout), h=nn.ModuleList(blocks))
+        if config.value_embeddings:  # (V, H_kv D) per layer, added to the values
+            width = (config.n_kv_head or config.n_head) * config.head_size
+            tables = [nn.Embedding(config.vocab_size, width) for _ in blocks]
+            parts["ve"] = nn.ModuleList(tables)
         # a post-norm stack already ends in a norm; pre-norm needs a last one
         last_norm = make_norm(config.norm_type, config.n_embd, config.bias)
         parts["ln_f"] = last_norm if config.norm == "pre" else nn.Identity()
         self.transformer = nn.ModuleDict(parts)
+        if config.x0_mix:  # a_l, b_l of x = a_l x + b_l x_0 before block l
+            self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+            self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying: logits = x E^T
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying: logits = x E^T
         self.apply(self._init_weights)
         self._scale_residual_projections()
 
@@ -81,6 +96,10 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=std)
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(param)
+        for table in getattr(self.transformer, "ve", []):
+            nn.init.zeros_(table.weight)  # value embeddings start with no effect
 
     def num_params(self, exclude_embeddings: bool = True) -> int:
         """Parameter count; by default without the position table (as GPT-2's papers count)."""
@@ -117,14 +136,26 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(positions)  # (B, T, C) + (T, C)
-        x = self.transformer.drop(x)
+        x = x0 = self.transformer.drop(x)
         caches = kv_caches or [None] * len(self.transformer.h)
         weights = []  # per layer (B, H, T, T_k), when asked for
-        for block, cache in zip(self.transformer.h, caches, strict=True):
-            out = block(x, positions=positions, cache=cache, return_weights=return_weights)
+        for layer, (block, cache) in enumerate(zip(self.transformer.h, caches, strict=True)):
+            if self.config.x0_mix:
+                x = self.resid_lambdas[layer] * x + self.x0_lambdas[layer] * x0
+            extra = self.transformer.ve[layer](idx) if self.config.value_embeddings else None
+            out = block(
+                x,
+                positions=positions,
+                cache=cache,
+                return_weights=return_weights,
+                value_extra=extra,
+            )
             x, layer_weights = out if return_weights else (out, None)  # (B, T, C)
             weights.append(layer_weights)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        if self.config.logit_softcap > 0:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)

@@ -167,6 +167,12 @@ class MultiHeadAttention(nn.Module):
 
     With `rotary` (a `RotaryEmbedding`), queries and keys are rotated by their positions
     before the dot product, so scores depend on relative position (Su et al., 2021).
+
+    With `qk_norm`, each head's query and key are RMS-normalised (no gain) before rotary and
+    the dot product, q <- q / rms(q), k <- k / rms(k), so a score is at most D / sqrt(D) =
+    sqrt(D) in size however large the weights grow (Henry et al., 2020; Dehghani et al.,
+    2023; modded-nanogpt): the softmax cannot saturate from growing activations, which lets
+    training use larger learning rates.
     """
 
     def __init__(
@@ -178,6 +184,7 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         rotary: nn.Module | None = None,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         n_kv_head = n_head if n_kv_head is None else n_kv_head
@@ -190,6 +197,7 @@ class MultiHeadAttention(nn.Module):
         self.kv_width = n_kv_head * self.head_size
         self.dropout = dropout
         self.rotary = rotary
+        self.qk_norm = qk_norm
         self.c_attn = nn.Linear(n_embd, n_embd + 2 * self.kv_width, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
@@ -204,14 +212,20 @@ class MultiHeadAttention(nn.Module):
         return_weights: bool = False,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
+        value_extra: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, T_q, C); context: (B, T_k, C) for cross-attention, None for self-attention.
 
         `positions` (T_q,) are the absolute positions of x's tokens (needed with rotary
         embeddings); `cache` holds earlier keys and values and receives the new ones.
+        `value_extra` (B, T_q, H_kv D) is added to the values (the GPT's value embeddings).
         Returns (B, T_q, C), and the weights (B, H, T_q, T_k) when `return_weights`.
         """
         q, k, v = self._project(x, context)  # (B, H, T_q, D), (B, H_kv, T_k, D) twice
+        if value_extra is not None:
+            v = v + self._split_heads(value_extra)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
         if cache is not None:

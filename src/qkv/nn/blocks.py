@@ -52,12 +52,22 @@ def make_norm(norm_type: str, n_embd: int, bias: bool = True) -> nn.Module:
     raise ValueError(f"unknown norm type {norm_type!r}; choose one of {NORM_TYPES}")
 
 
+class SquaredReLU(nn.Module):
+    """ReLU(x)^2 (So et al., 2021, "Primer"): zero for x < 0, then x^2; modded-nanogpt's and
+    nanochat's FFN activation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x).square()
+
+
 def make_activation(name: str) -> nn.Module:
-    """ReLU as in the paper and the notes; GELU (tanh approximation) as in GPT-2."""
+    """ReLU as in the paper and the notes; GELU (tanh approximation) as in GPT-2; ReLU^2."""
     if name == "relu":
         return nn.ReLU()
     if name == "gelu":
         return nn.GELU(approximate="tanh")
+    if name == "relu2":
+        return SquaredReLU()
     raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
 
 
@@ -149,7 +159,7 @@ def residual_for(norm: str) -> Callable[..., tuple[Tensor, Tensor | None]]:
 
 
 # The fields of a model config (GPTConfig, Seq2SeqConfig) that every block takes as they are.
-BLOCK_FIELDS = ("n_kv_head", "activation", "norm", "norm_type", "bias", "dropout")
+BLOCK_FIELDS = ("n_kv_head", "activation", "norm", "norm_type", "bias", "dropout", "qk_norm")
 
 
 def block_options(config: object) -> dict[str, object]:
@@ -178,13 +188,20 @@ class TransformerBlock(nn.Module):
         dropout: float = 0.0,
         causal: bool = True,
         rotary: nn.Module | None = None,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.causal = causal
         self.residual = residual_for(norm)  # a function: the norm's place holds no weights
         self.ln_1 = make_norm(norm_type, n_embd, bias)
         self.attn = MultiHeadAttention(
-            n_embd, n_head, n_kv_head=n_kv_head, bias=bias, dropout=dropout, rotary=rotary
+            n_embd,
+            n_head,
+            n_kv_head=n_kv_head,
+            bias=bias,
+            dropout=dropout,
+            rotary=rotary,
+            qk_norm=qk_norm,
         )
         self.ln_2 = make_norm(norm_type, n_embd, bias)
         self.mlp = make_feed_forward(activation, n_embd, d_ff, bias=bias, dropout=dropout)
@@ -196,22 +213,24 @@ class TransformerBlock(nn.Module):
         positions: Tensor | None = None,
         cache: KVCache | None = None,
         return_weights: bool = False,
+        value_extra: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, T, C) -> (B, T, C); and the attention weights (B, H, T, T_k) if asked.
 
         `mask` (B, 1, 1, T_k) hides padding keys; `positions` (T,) are the tokens' absolute
-        positions (for rotary embeddings); `cache` holds the earlier tokens' keys and values.
+        positions (for rotary embeddings); `cache` holds the earlier tokens' keys and values;
+        `value_extra` (B, T, H_kv D) is added to the attention's values.
         """
 
         def attend(h: Tensor) -> tuple[Tensor, Tensor | None]:
-            return self._self_attention(h, mask, positions, cache, return_weights)
+            return self._self_attention(h, mask, positions, cache, return_weights, value_extra)
 
         x, weights = self.residual(x, self.ln_1, attend)
         x, _ = self.residual(x, self.ln_2, self._feed_forward)
         return (x, weights) if return_weights else x
 
     def _self_attention(
-        self, h: Tensor, mask, positions, cache, return_weights: bool
+        self, h: Tensor, mask, positions, cache, return_weights: bool, value_extra=None
     ) -> tuple[Tensor, Tensor | None]:
         result = self.attn(
             h,
@@ -220,6 +239,7 @@ class TransformerBlock(nn.Module):
             positions=positions,
             cache=cache,
             return_weights=return_weights,
+            value_extra=value_extra,
         )
         return result if return_weights else (result, None)
 
@@ -257,7 +277,7 @@ class DecoderBlock(TransformerBlock):
     """
 
     def __init__(self, n_embd: int, n_head: int, *, norm: str = "post", **options) -> None:
-        super().__init__(n_embd, n_head, norm=norm, causal=True, **options)
+        super().__init__(n_embd, n_head, norm=norm, causal=True, **options)  # qk_norm: self only
         bias, dropout = options.get("bias", True), options.get("dropout", 0.0)
         self.ln_cross = make_norm(options.get("norm_type", "layernorm"), n_embd, bias)
         self.cross_attn = CrossAttention(

@@ -32,10 +32,14 @@ from qkv.training.recipe import Batch, Recipe
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
-    """Linear warm-up to lr over warmup_steps, then a cosine from lr down to min_lr.
+    """Linear warm-up to lr over warmup_steps, then down to min_lr by `cfg.schedule`:
 
-    The cosine's progress is the larger of the step fraction and, under a time budget, the
-    time fraction, so a run stopped by max_time still finishes its decay.
+        cosine:    min_lr + (lr - min_lr) (1 + cos(pi p)) / 2
+        trapezoid: lr until p = 1 - c, then linearly to min_lr at p = 1 (c: cooldown_fraction;
+                   "warm-up, stable, decay", Hagele et al., 2024; modded-nanogpt)
+
+    The progress p is the larger of the step fraction and, under a time budget, the time
+    fraction, so a run stopped by max_time still finishes its decay.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -43,6 +47,9 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
     if cfg.max_time > 0:
         progress = max(progress, elapsed / cfg.max_time)
     progress = min(progress, 1.0)
+    if cfg.schedule == "trapezoid":
+        cooling = max(0.0, progress - (1.0 - cfg.cooldown_fraction)) / cfg.cooldown_fraction
+        return cfg.lr + cooling * (cfg.min_lr - cfg.lr)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 

@@ -1,0 +1,225 @@
+"""The speedrun's model and schedule options, each against its equation.
+
+ReLU^2, QK-norm, an untied head, zero-initialised projections, logit soft-capping, value
+embeddings, x0 mixing and the trapezoidal schedule (benchmarks/LOG.md measures them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkv.config import GPTConfig, Seq2SeqConfig
+from qkv.config.gpt import TrainConfig
+from qkv.errors import QkvError
+from qkv.interop.gpt2 import check_representable
+from qkv.models.gpt import GPT
+from qkv.models.seq2seq import Seq2SeqTransformer
+from qkv.nn.attention import MultiHeadAttention
+from qkv.nn.blocks import FeedForward
+from qkv.training.lm import learning_rate
+
+V = 29
+
+
+def gpt(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    options = dict(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    return GPT(GPTConfig(**{**options, **overrides})).double().eval()
+
+
+def ids(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, V, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_relu2_is_the_square_of_relu():
+    torch.manual_seed(0)
+    ffn = FeedForward(8, activation="relu2").double()
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    hidden = torch.relu(x @ ffn.c_fc.weight.T + ffn.c_fc.bias) ** 2
+    torch.testing.assert_close(ffn(x), hidden @ ffn.c_proj.weight.T + ffn.c_proj.bias)
+
+
+def test_qk_norm_scores_are_the_dot_products_of_rms_normalised_q_and_k():
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(8, 2, qk_norm=True).double().eval()
+    x = torch.randn(1, 5, 8, dtype=torch.float64)
+    _, weights = attention(x, causal=True, return_weights=True)
+    q, k, _ = attention.c_attn(x).split(8, dim=-1)
+    for head in range(2):
+        sl = slice(4 * head, 4 * head + 4)
+        qh, kh = (t[0, :, sl] / t[0, :, sl].pow(2).mean(-1, keepdim=True).sqrt() for t in (q, k))
+        scores = (qh @ kh.T / 2.0).masked_fill(~torch.ones(5, 5).tril().bool(), float("-inf"))
+        torch.testing.assert_close(weights[0, head], torch.softmax(scores, -1))
+
+
+def test_qk_norm_makes_the_weights_blind_to_the_size_of_w_q():
+    """Scaling W_Q by 10 sharpens plain attention's softmax; with QK-norm nothing changes."""
+    x = torch.randn(1, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for qk_norm, should_change in ((True, False), (False, True)):
+        torch.manual_seed(0)
+        attention = MultiHeadAttention(8, 2, qk_norm=qk_norm, bias=False).double().eval()
+        _, before = attention(x, return_weights=True)
+        with torch.no_grad():
+            attention.c_attn.weight[:8] *= 10
+        _, after = attention(x, return_weights=True)
+        assert (not torch.allclose(before, after)) == should_change
+
+
+def test_an_untied_head_has_its_own_matrix_and_export_to_gpt2_refuses_it():
+    model = gpt(tie_embeddings=False)
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    assert "lm_head.weight" in model.state_dict()
+    with pytest.raises(QkvError, match="GPT-2 needs model.tie_embeddings=True"):
+        check_representable(dataclasses.replace(model.config, positional="learned"))
+
+
+def test_zero_initialised_projections_make_every_block_the_identity_at_first():
+    model = gpt(zero_init_proj=True)
+    idx = ids(2, 7)
+    x = model.transformer.wte(idx)
+    torch.testing.assert_close(model(idx)[0], model.lm_head(model.transformer.ln_f(x)))
+
+
+def test_soft_capped_logits_are_cap_tanh_of_the_plain_logits():
+    plain, capped = gpt(), gpt(logit_softcap=2.0)
+    capped.load_state_dict(plain.state_dict())
+    idx = ids(2, 7)
+    logits = capped(idx)[0]
+    torch.testing.assert_close(logits, 2.0 * torch.tanh(plain(idx)[0] / 2.0))
+    assert logits.abs().max() < 2.0
+
+
+def variant_of(plain: GPT, **overrides) -> GPT:
+    """A model with extra options holding `plain`'s weights for everything they share."""
+    model = gpt(**overrides)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected
+    return model
+
+
+def test_value_embeddings_start_at_zero_and_add_a_table_of_the_token_to_v():
+    plain = gpt()
+    model = variant_of(plain, value_embeddings=True)
+    idx = ids(2, 7)
+    torch.testing.assert_close(model(idx)[0], plain(idx)[0])  # zero tables: no effect
+    with torch.no_grad():
+        model.transformer.ve[0].weight.normal_()
+    # by hand: layer 0's values are W_V ln_1(x) + b_V + VE_0[idx]
+    block = model.transformer.h[0]
+    x = model.transformer.wte(idx)
+    h = block.ln_1(x)
+    attention = block.attn
+    _, _, v = attention.c_attn(h).split(16, dim=-1)
+    v = v + model.transformer.ve[0](idx)  # (B, T, C)
+    q, k, _ = attention.c_attn(h).split(16, dim=-1)
+    q, k = (attention.rotary(attention._split_heads(t), torch.arange(7)) for t in (q, k))
+    out = F.scaled_dot_product_attention(q, k, attention._split_heads(v), is_causal=True)
+    x = x + attention.c_proj(attention._merge_heads(out))
+    x = x + block.mlp(block.ln_2(x))
+    x = model.transformer.h[1](x, positions=torch.arange(7))
+    torch.testing.assert_close(model(idx)[0], model.lm_head(model.transformer.ln_f(x)))
+
+
+def test_value_embeddings_keep_the_model_causal_and_the_cache_exact():
+    model = gpt(value_embeddings=True)
+    with torch.no_grad():
+        for table in model.transformer.ve:
+            table.weight.normal_()
+    prompt = ids(2, 3)
+    cached = model.generate(prompt, 8, temperature=0.0, use_cache=True)
+    uncached = model.generate(prompt, 8, temperature=0.0, use_cache=False)
+    assert torch.equal(cached, uncached)
+    cached = cached.clone()  # a normal tensor, not an inference-mode one
+    changed = cached.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % V
+    with torch.no_grad():
+        torch.testing.assert_close(model(changed)[0][:, :6], model(cached)[0][:, :6])
+
+
+def test_x0_mixing_feeds_each_block_a_mix_of_the_stream_and_the_embeddings():
+    plain = gpt()
+    model = variant_of(plain, x0_mix=True)
+    idx = ids(2, 7)
+    torch.testing.assert_close(model(idx)[0], plain(idx)[0])  # a = 1, b = 0: no change
+    with torch.no_grad():
+        model.resid_lambdas.copy_(torch.tensor([0.5, 2.0]))
+        model.x0_lambdas.copy_(torch.tensor([0.25, -1.0]))
+    x = x0 = model.transformer.wte(idx)
+    positions = torch.arange(7)
+    for layer, (a, b) in enumerate(((0.5, 0.25), (2.0, -1.0))):
+        x = model.transformer.h[layer](a * x + b * x0, positions=positions)
+    torch.testing.assert_close(model(idx)[0], model.lm_head(model.transformer.ln_f(x)))
+
+
+def test_the_trapezoid_holds_lr_then_cools_down_linearly_to_min_lr():
+    cfg = TrainConfig(
+        max_steps=1000, max_time=0, warmup_steps=100, lr=1.0, min_lr=0.1, schedule="trapezoid"
+    )
+    assert learning_rate(cfg, 49, 0.0) == pytest.approx(0.5)  # warm-up
+    assert learning_rate(cfg, 100, 0.0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 100 + 540, 0.0) == pytest.approx(1.0)  # p = 0.6: stable
+    assert learning_rate(cfg, 100 + 720, 0.0) == pytest.approx(1.0 - 0.9 * 0.5)  # halfway down
+    assert learning_rate(cfg, 1000, 0.0) == pytest.approx(0.1)
+    timed = dataclasses.replace(cfg, max_time=100.0)
+    assert learning_rate(timed, 101, 80.0) == pytest.approx(1.0 - 0.9 * 0.5)  # by time
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(logit_softcap=-1.0), "model.logit_softcap must not be negative, got -1.0"),
+        (dict(activation="relu3"), r"activation must be one of .*'relu2'.*got 'relu3'"),
+    ],
+)
+def test_bad_model_options_are_named(settings, message):
+    with pytest.raises(QkvError, match=message):
+        GPTConfig(vocab_size=V, **settings)
+
+
+def test_bad_schedule_options_are_named():
+    with pytest.raises(QkvError, match=r"schedule must be one of \('cosine', 'trapezoid'\)"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(QkvError, match=r"train.cooldown_fraction must be in \(0, 1\], got 0.0"):
+        TrainConfig(cooldown_fraction=0.0)
+
+
+def test_the_encoder_decoder_takes_qk_norm_and_relu2():
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(vocab_size=V, n_embd=16, n_head=2, d_ff=32, max_len=12)
+    normed = Seq2SeqTransformer(dataclasses.replace(config, qk_norm=True, activation="relu2"))
+    assert normed.encoder[0].attn.qk_norm and normed.decoder[0].attn.qk_norm
+    assert not normed.decoder[0].cross_attn.qk_norm
+    src, tgt = ids(2, 6) % (V - 3) + 3, ids(2, 5, seed=2) % (V - 3) + 3
+    assert normed(src, tgt).shape == (2, 5, V)
+
+
+def load_speedrun():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "speedrun.py"
+    spec = importlib.util.spec_from_file_location("speedrun", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["speedrun"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_speedrun_experiment_is_a_valid_config_and_nanogpt_is_rebuilt_faithfully():
+    from qkv.config import load_config
+
+    speedrun = load_speedrun()
+    for name, overrides in speedrun.EXPERIMENTS.items():
+        load_config(None, overrides)  # a typo in an override is a QkvError naming it
+        assert name
+    nano = load_config(None, speedrun.NANOGPT_CPU)
+    assert (nano.model.n_layer, nano.model.n_head, nano.model.n_embd) == (4, 4, 128)
+    assert (nano.model.block_size, nano.train.batch_size) == (64, 12)
+    assert (nano.train.optimizer, nano.train.lr, nano.train.min_lr) == ("adamw", 1e-3, 1e-4)
+    assert nano.model.positional == "learned" and nano.model.bias is False
+    assert nano.train.schedule == "cosine"
