@@ -301,7 +301,8 @@ def test_exporting_what_gpt2_cannot_express_is_a_one_line_error(cli, trained_run
 
 
 def test_help_lists_the_verbs(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         qkv.cli.main(["--help"])
+    assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "import-hf" in out and "export-hf" in out
