@@ -217,4 +217,3 @@ def test_sample_cli_batches_quantized_samples(cli, trained_run):
     assert result.code == 0, result.err
     texts = result.out.split("\n" + "-" * 40 + "\n")
     assert len(texts) == 3 and all(len(t) == len("JULIET") + 31 for t in texts)
-
