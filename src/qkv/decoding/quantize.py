@@ -36,6 +36,7 @@ beam search already work in float32 from them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 
@@ -58,10 +59,11 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
     if mode != "bf16":
         _torchao()  # before the model changes: without torchao it is left as it was
     model.eval()._apply(_to_bfloat16)
-    if mode == "int8":
-        _int8_weights(model)
-    elif mode == "int4":
-        _int4_weights(model)
+    with _quiet():
+        if mode == "int8":
+            _int8_weights(model)
+        elif mode == "int4":
+            _int4_weights(model)
     return model
 
 
@@ -96,20 +98,28 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def _torchao():
-    """Import torchao quietly: its import logs lines about CUDA-only libraries and a torch
-    deprecation that mean nothing to a CPU user. Missing, it is one line saying how to get it."""
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torchao logs lines about its CUDA-only libraries and a torch deprecation when it is
+    imported and first used; they mean nothing to a user, so they are held back."""
     loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        import torchao.quantization
-    except ImportError:
-        raise QkvError('quantization needs torchao: pip install "qkv[quantize]"') from None
+        yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+def _torchao():
+    """torchao, imported quietly; missing, one line that says how to install it."""
+    try:
+        with _quiet():
+            import torchao.quantization
+    except ImportError:
+        raise QkvError('quantization needs torchao: pip install "qkv[quantize]"') from None
     return torchao
 
 
