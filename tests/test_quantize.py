@@ -87,11 +87,16 @@ def test_logits_stay_close_to_float32(mode, tolerance):
     assert 0 < error < tolerance, error
 
 
-def test_int4_keeps_layers_its_kernel_cannot_hold_in_bfloat16():
-    model = quantize(gpt(vocab_size=65), "int4")  # the head's 65 outputs are not a multiple of 16
-    assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight.dtype == torch.bfloat16
-    packed = type(model.transformer.h[0].mlp.c_fc.weight).__name__
-    assert packed == "Int4OpaqueTensor"
+def test_int4_pads_a_head_its_kernel_cannot_hold_and_crops_the_logits():
+    model = gpt(vocab_size=65)  # 65 outputs: not a multiple of the kernel's 16
+    expected, _ = model(torch.zeros((1, 3), dtype=torch.long))
+    quantize(model, "int4")
+    assert model.lm_head.layer.out_features == 80
+    assert type(model.lm_head.layer.weight).__name__ == "Int4OpaqueTensor"
+    assert type(model.transformer.h[0].mlp.c_fc.weight).__name__ == "Int4OpaqueTensor"
+    logits, _ = model(torch.zeros((1, 3), dtype=torch.long))
+    assert logits.shape == expected.shape  # (1, 3, 65)
+    assert relative_error(logits, expected) < 0.3
 
 
 def test_an_unknown_mode_is_one_line():

@@ -10,7 +10,9 @@ against Hugging Face's fp32 `generate` on the same weights, at batch 1 and batch
 gives the bytes a step reads, the row's tokens/s as a % of that limit, and what bounds it:
 the measured step time against its two floors, the weights' bytes / bandwidth and the
 per-step overhead (the time of a step of the same depth at width 64, whose weights are
-negligible: Python, dispatch, small kernels). `agreement` is the fraction of 256 greedy
+negligible: Python, dispatch, small kernels). "memory-bound" or "overhead-bound" names the
+larger floor; "kernel-bound" says the rest of the step (the matmul kernels running below the
+bandwidth, attention) is larger than either. `agreement` is the fraction of 256 greedy
 tokens (batch 1, from the same prompt) a quantized model shares with float32, position by
 position; on random weights the logits are nearly flat, so it is a stringent test of rounding.
 
@@ -103,12 +105,21 @@ class Floors:
         limit = batch * self.bandwidth / nbytes  # tok/s if a step only streamed its weights
         hf_limit = batch * self.bandwidth / fp32_bytes
         step_ms, weights_ms = 1e3 * batch / ours, 1e3 * nbytes / self.bandwidth
-        bound = "memory" if weights_ms >= 1e3 * self.overhead else "overhead"
+        bound = _bound(step_ms, weights_ms, 1e3 * self.overhead)
         return (
             f"{nbytes / 1e6:.1f} MB/step; {100 * ours / limit:.0f}% of its {limit:,.0f} tok/s "
             f"limit (HF {100 * hf / hf_limit:.0f}%); step {step_ms:.1f} ms, floors: weights "
             f"{weights_ms:.1f} ms, overhead {1e3 * self.overhead:.1f} ms: {bound}-bound"
         )
+
+
+def _bound(step_ms: float, weights_ms: float, overhead_ms: float) -> str:
+    """What a step's time goes to: streaming weights, per-step overhead, or neither, when the
+    rest (the matmul kernels running below the bandwidth, attention) is the largest part."""
+    rest = step_ms - weights_ms - overhead_ms
+    if rest > max(weights_ms, overhead_ms):
+        return "kernel"
+    return "memory" if weights_ms >= overhead_ms else "overhead"
 
 
 def bench_decoding(

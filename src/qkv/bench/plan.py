@@ -94,6 +94,7 @@ def full_plan() -> Plan:
         gen_new_tokens=256,
         attn_lengths=(256, 512, 1024, 2048, 4096, 8192),
         decode_cases=(_decode_case(decode_6l), _decode_case(GPT2_SMALL)),
+        decode_modes=("fp32", "bf16", "int8", "int4"),
     )
 
 

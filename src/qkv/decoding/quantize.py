@@ -23,9 +23,9 @@ int8/int4 weight-only decoding) and llama.cpp (quantized CPU decoding) are built
   own kernel, `torch._weight_int8pack_mm` (y = (x q^T) s, reading int8 weights once), which
   torchao's earlier int8 layout also called on CPUs (`Int8Linear`).
 - "int4": torchao's CPU int4 weight-only path (`PrototypeInt4WeightOnlyConfig`, asymmetric,
-  a scale and zero per group of 32-128 inputs, torch's `_weight_int4pack_mm_for_cpu`), for
-  the layers its kernel can hold (outputs a multiple of 16, inputs a multiple of 32); the
-  others stay in bfloat16.
+  a scale and zero per group of 32-128 inputs, torch's `_weight_int4pack_mm_for_cpu`). Its
+  kernel takes outputs in multiples of 16, so a head of 50257 gets zero rows up to 50272 that
+  `Cropped` drops again; layers whose inputs are not a multiple of 32 stay in bfloat16.
 
 The token embedding stays in bfloat16 (a step reads one of its rows, not the matrix); a
 tied output head gets its own quantized copy. Linear layers whose owner reads their weight
@@ -41,12 +41,14 @@ import logging
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.errors import QkvError
 
 MODES = ("int8", "bf16", "int4")
 INT4_GROUPS = (128, 64, 32)  # the int4 kernel's group sizes, largest first
+INT4_ROWS = 16  # its outputs come in multiples of this
 
 
 def quantize(model: nn.Module, mode: str) -> nn.Module:
@@ -148,12 +150,38 @@ def _int4_weights(model: nn.Module) -> None:
     torchao = _torchao()
     from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
 
-    for _owner, _name, linear in _quantizable(model):
+    for owner, name, linear in _quantizable(model):
         group = next((g for g in INT4_GROUPS if linear.in_features % g == 0), None)
-        if group is None or linear.out_features % 16 != 0:
+        if group is None:
             continue  # the kernel cannot hold this shape: it stays in bfloat16
-        config = PrototypeInt4WeightOnlyConfig(group_size=group)
-        torchao.quantization.quantize_(linear, config)
+        layer = linear if linear.out_features % INT4_ROWS == 0 else _padded(linear)
+        torchao.quantization.quantize_(layer, PrototypeInt4WeightOnlyConfig(group_size=group))
+        if layer is not linear:
+            setattr(owner, name, Cropped(layer, linear.out_features))
+
+
+class Cropped(nn.Module):
+    """A layer given extra zero outputs (to suit a kernel's shapes) that drops them again."""
+
+    def __init__(self, layer: nn.Module, out_features: int) -> None:
+        super().__init__()
+        self.layer, self.out_features = layer, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)[..., : self.out_features]  # (..., N)
+
+
+def _padded(linear: nn.Linear) -> nn.Linear:
+    """A copy of `linear` with zero rows added up to a multiple of INT4_ROWS outputs (a GPT-2
+    head of 50257 outputs becomes 50272)."""
+    rows = -linear.out_features % INT4_ROWS
+    padded = nn.Linear(linear.in_features, linear.out_features + rows, linear.bias is not None)
+    padded = padded.to(linear.weight.device, linear.weight.dtype)
+    with torch.no_grad():
+        padded.weight.copy_(F.pad(linear.weight, (0, 0, 0, rows)))  # (N + rows, K)
+        if linear.bias is not None:
+            padded.bias.copy_(F.pad(linear.bias, (0, rows)))
+    return padded
 
 
 def weight_bytes(model: nn.Module) -> int:
