@@ -5,7 +5,8 @@ A KV-cached decoding step reads every weight matrix once, for all B rows of the 
 
     step time >= bytes of weights / bandwidth          limit = B * bandwidth / bytes  tok/s
 
-Each row is qkv's greedy decoding of a random-weight GPT (float32, bfloat16, int8 weights)
+Each row is qkv's greedy decoding of a random-weight GPT (each mode of the plan: float32,
+bfloat16, int8, int4 weights)
 against Hugging Face's fp32 `generate` on the same weights, at batch 1 and batch 8. Its note
 gives the bytes a step reads, the row's tokens/s as a % of that limit, and what bounds it:
 the measured step time against its two floors, the weights' bytes / bandwidth and the

@@ -20,8 +20,8 @@ int8/int4 weight-only decoding) and llama.cpp (quantized CPU decoding) are built
   symmetric, W ~ s_n q_nk with q in [-128, 127]); in eager mode its int8 tensor multiplies by
   casting the whole weight back to float at every call (it leaves fusing that to
   torch.compile), which is slower than float32 here. So the layers it quantized run torch's
-  own kernel, `torch._weight_int8pack_mm` (y = (x q^T) s, reading int8 weights once), which
-  torchao's earlier int8 layout also called on CPUs (`Int8Linear`).
+  own int8 weight-only kernel, `torch._weight_int8pack_mm` (y = (x q^T) s, reading the int8
+  weights once; `Int8Linear`).
 - "int4": torchao's CPU int4 weight-only path (`PrototypeInt4WeightOnlyConfig`, asymmetric,
   a scale and zero per group of 32-128 inputs, torch's `_weight_int4pack_mm_for_cpu`). Its
   kernel takes outputs in multiples of 16, so a head of 50257 gets zero rows up to 50272 that
