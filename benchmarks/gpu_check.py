@@ -172,8 +172,6 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], float, float]:
     ids = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size + 1))
     ids = ids.to(device)
     tokens = args.batch_size * config.block_size
-    decoded = decode_rows(model.eval(), hf.eval(), args)
-    model.train(), hf.train()
     rows = []
     for compiled in [False] if args.no_compile else [False, True]:
         for name, net, is_hf in (("qkv GPT", model, False), ("HF GPT2LMHeadModel", hf, True)):
@@ -182,6 +180,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], float, float]:
             tok_s = tokens_per_second(step, tokens, args.warmup, args.steps, device)
             label = f"{name}{' + compile' if compiled else ''}"
             rows.append(Row(label, tok_s, tok_s * per_token / peak))
+    decoded = decode_rows(model.eval(), hf.eval(), args)  # after training, as measured before
     return rows, worst, peak, decoded
 
 
