@@ -1,7 +1,9 @@
 """`qkv bench` on tiny sizes: the table's shape, finite numbers, the CLI, the helpers."""
 
+import copy
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -117,5 +119,68 @@ def test_bench_help_lists_its_options(capsys):
         main(["bench", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--quick", "--device", "--threads", "--out", 'pip install "qkv[bench]"'):
+    options = ("--quick", "--decode", "--device", "--threads", "--out")
+    for option in (*options, 'pip install "qkv[bench]"'):
         assert option in out, option
+
+
+# -- qkv bench --decode ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def decode_report() -> bench.Report:
+    return bench.run_bench(bench.quick_plan(), CPU, threads=1, decode=True)
+
+
+def test_decode_rows_cover_every_mode_and_batch(decode_report):
+    plan = bench.quick_plan()
+    names = [
+        f"decode {case.label} B{batch}, qkv {mode} vs HF fp32"
+        for case in plan.decode_cases
+        for batch in plan.decode_batches
+        for mode in plan.decode_modes
+    ]
+    assert [row.name for row in decode_report.rows] == names
+    for row in decode_report.rows:
+        assert row.unit == "tok/s" and row.ours > 0 and row.peer > 0, row
+        assert re.search(r"\d+% of its [\d,]+ tok/s limit \(HF \d+%\)", row.note), row.note
+        assert re.search(r": (memory|overhead|kernel)-bound", row.note), row.note
+    notes = " ".join(row.note for row in decode_report.rows)
+    agreements = [float(m) for m in re.findall(r"greedy agreement ([0-9.]+)", notes)]
+    quantized = [n for n in names if "qkv fp32" not in n]
+    assert len(agreements) == len(quantized) and all(0 <= a <= 1 for a in agreements)
+    assert "streaming bandwidth:" in decode_report.header[1]
+
+
+def test_the_memory_limit_is_batch_times_bandwidth_over_bytes():
+    floors = bench.decode_rows.Floors(bandwidth=10e9, overhead=1e-3)
+    # 100 MB a step at 10 GB/s: 100 tok/s at batch 1, 800 at batch 8; 40 tok/s is 40%
+    note = floors.note(nbytes=100_000_000, batch=1, ours=40.0, fp32_bytes=400_000_000, hf=5.0)
+    assert note.startswith("100.0 MB/step; 40% of its 100 tok/s limit (HF 20%)")
+    assert "step 25.0 ms, floors: weights 10.0 ms, overhead 1.0 ms: kernel-bound" in note
+    assert floors.note(100_000_000, 1, 80.0, 1, 1.0).endswith("memory-bound")  # 12.5 ms a step
+    batched = floors.note(nbytes=100_000_000, batch=8, ours=400.0, fp32_bytes=1, hf=1.0)
+    assert "50% of its 800 tok/s limit" in batched
+
+
+def test_greedy_agreement_is_one_for_the_same_model_and_less_for_another():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=32, block_size=32, n_layer=1, n_embd=32, n_head=2)
+    same = bench.model_rows.GPT(config).eval()
+    other = copy.deepcopy(same)
+    other.lm_head.weight = torch.nn.Parameter(-same.lm_head.weight.detach())  # argmax -> argmin
+    prompt = torch.zeros((1, 4), dtype=torch.long)
+    fractions = bench.agreement({"fp32": same, "copy": same, "other": other}, prompt, 16)
+    assert fractions["fp32"] == fractions["copy"] == 1.0
+    assert fractions["other"] < 0.5
+
+
+def test_streaming_bandwidth_is_a_rate():
+    assert 1e8 < bench.stream_bandwidth(8, CPU, repeats=2) < 1e13
+
+
+def test_cli_decode_prints_the_decode_table(cli):
+    result = cli("bench", "--quick", "--decode", "--threads", "1")
+    assert result.code == 0, result.err
+    assert "| decode " in result.out and "| train" not in result.out
+    assert "bench: decoding" in result.err

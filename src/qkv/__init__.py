@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _HOMES = {
     "load": "qkv.checkpoint",
     "train": "qkv.training.run",
+    "quantize": "qkv.decoding.quantize",
     "QkvError": "qkv.errors",
     "DataConfig": "qkv.config",
     "GPTConfig": "qkv.config",

@@ -29,18 +29,24 @@ fastest round is the least disturbed one. Measured:
    minus its resident set before the run, after handing freed heap back to the system; on
    CUDA it is torch's peak allocation. Lengths whose explicit run would need more than 40%
    of the device's memory are skipped.
+6. Decoding (`qkv bench --decode`, `decode_rows`): greedy tokens/s of a random-weight GPT at
+   6L/384 and at GPT-2 small's shape, batch 1 and 8, qkv fp32/bf16/int8 (`qkv.quantize`)
+   against HF fp32 `generate`; each row as a % of its memory limit, B x bandwidth / bytes of
+   weights per step, with the streaming bandwidth measured in the same run; the fraction of
+   256 greedy tokens a quantized model shares with float32.
 
 Where each part lives: `plan` (what to measure: `Plan`, `full_plan`, `quick_plan`),
 `timing` (timed calls and alternating rounds), `machine` (the machine's limits and
 description: matmul peak, memory, CPU name), `model_rows` (training, Muon and generation
-rows), `attention_rows` (the attention rows), `report` (`Row`, `Report`, the markdown) and
-`runner` (`run_bench`, everything in order).
+rows), `attention_rows` (the attention rows), `decode_rows` (the decoding rows), `report`
+(`Row`, `Report`, the markdown) and `runner` (`run_bench`, everything in order).
 """
 
 from qkv.bench.attention_rows import EXPLICIT_COPIES, MEMORY_FRACTION, bench_attention
+from qkv.bench.decode_rows import agreement, bench_decoding, stream_bandwidth
 from qkv.bench.machine import PeakMemory, cpu_name, device_memory, matmul_peak
 from qkv.bench.model_rows import bench_generation, bench_muon, bench_training, flops_per_token
-from qkv.bench.plan import Plan, TrainCase, full_plan, quick_plan
+from qkv.bench.plan import DecodeCase, Plan, TrainCase, full_plan, quick_plan
 from qkv.bench.report import Report, Row, write_markdown
 from qkv.bench.runner import PEER, run_bench
 from qkv.bench.timing import _alternate as _alternate
@@ -49,12 +55,15 @@ __all__ = [
     "EXPLICIT_COPIES",
     "MEMORY_FRACTION",
     "PEER",
+    "DecodeCase",
     "PeakMemory",
     "Plan",
     "Report",
     "Row",
     "TrainCase",
+    "agreement",
     "bench_attention",
+    "bench_decoding",
     "bench_generation",
     "bench_muon",
     "bench_training",
@@ -65,5 +74,6 @@ __all__ = [
     "matmul_peak",
     "quick_plan",
     "run_bench",
+    "stream_bandwidth",
     "write_markdown",
 ]

@@ -22,6 +22,14 @@ class TrainCase:
 
 
 @dataclass(frozen=True)
+class DecodeCase:
+    """A model `qkv bench --decode` decodes with random weights, in every mode."""
+
+    label: str
+    model: GPTConfig
+
+
+@dataclass(frozen=True)
 class Plan:
     """What to measure and how long: `full_plan` for the table, `quick_plan` for tests."""
 
@@ -38,6 +46,13 @@ class Plan:
     min_round_s: float = 1.0  # a training round repeats the step until it lasts this long
     gen_rounds: int = 3
     matmul_repeats: int = 10
+    decode_cases: tuple[DecodeCase, ...] = ()  # qkv bench --decode
+    decode_batches: tuple[int, ...] = (1, 8)
+    decode_modes: tuple[str, ...] = ("fp32", "bf16", "int8")
+    decode_new_tokens: int = 64  # per timed run
+    decode_rounds: int = 3
+    agree_steps: int = 256  # greedy tokens compared with float32's
+    bandwidth_mib: int = 1024  # the tensor summed to measure streaming bandwidth
 
 
 def _describe(m: GPTConfig, batch_size: int) -> str:
@@ -51,10 +66,22 @@ def _train_case(name: str, model: GPTConfig, batch_size: int) -> TrainCase:
     return TrainCase(f"{name} {_describe(model, batch_size)}{changed}", model, batch_size)
 
 
+def _decode_case(model: GPTConfig) -> DecodeCase:
+    model = nearest_gpt2(model)[0]
+    return DecodeCase(f"{model.n_layer}L/{model.n_embd}C vocab {model.vocab_size}", model)
+
+
+GPT2_SMALL = GPTConfig(
+    vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768, activation="gelu"
+)
+
+
 def full_plan() -> Plan:
-    """The sizes of the table in benchmarks/RESULTS.md (about 2 minutes on 2 CPU cores)."""
+    """The sizes of the table in benchmarks/RESULTS.md (about 2 minutes on 2 CPU cores;
+    the decode rows of `qkv bench --decode`, about 5 more)."""
     default = GPTConfig(vocab_size=65)  # qkv's defaults, tinyshakespeare's 65 characters
     target = dataclasses.replace(default, n_layer=6, n_embd=384, n_head=6, block_size=256)
+    decode_6l = dataclasses.replace(target, block_size=512, activation="gelu")
     return Plan(
         matmul_n=2048,
         train_cases=(
@@ -66,6 +93,8 @@ def full_plan() -> Plan:
         gen_prompts=(16, 512),
         gen_new_tokens=256,
         attn_lengths=(256, 512, 1024, 2048, 4096, 8192),
+        decode_cases=(_decode_case(decode_6l), _decode_case(GPT2_SMALL)),
+        decode_modes=("fp32", "bf16", "int8", "int4"),
     )
 
 
@@ -87,4 +116,10 @@ def quick_plan() -> Plan:
         min_round_s=0.0,
         gen_rounds=1,
         matmul_repeats=2,
+        decode_cases=(_decode_case(dataclasses.replace(tiny, vocab_size=64, block_size=32)),),
+        decode_batches=(1, 2),
+        decode_new_tokens=4,
+        decode_rounds=1,
+        agree_steps=8,
+        bandwidth_mib=16,
     )

@@ -19,6 +19,12 @@ def add_bench(verbs) -> None:
         'Needs transformers: pip install "qkv[bench]".',
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes: a few seconds")
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="instead: decoding tok/s in fp32/bf16/int8 (6L/384 and GPT-2 small, batch 1 and 8) "
+        "against HF and the memory limit (about 5 minutes; needs torchao)",
+    )
     add_device(p, default="cpu")
     p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's)")
     p.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
@@ -34,7 +40,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
-    report = bench.run_bench(plan, device, args.threads, progress=progress)
+    report = bench.run_bench(plan, device, args.threads, progress=progress, decode=args.decode)
     print(report.to_markdown(), end="")
     if args.out:
         bench.write_markdown(report, args.out)

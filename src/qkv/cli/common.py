@@ -1,10 +1,11 @@
-"""What every verb's parser shares: --debug, --device, --checkpoint."""
+"""What every verb's parser shares: --debug, --device, --checkpoint, --quantize."""
 
 from __future__ import annotations
 
 import argparse
 
 from qkv.config.choices import DEVICES
+from qkv.errors import QkvError
 
 
 def debug_flag() -> argparse.ArgumentParser:
@@ -35,3 +36,33 @@ def add_decoding_options(parser: argparse.ArgumentParser, who: str = "") -> None
 
 def add_device(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     parser.add_argument("--device", default=default, choices=list(DEVICES))
+
+
+def add_quantize(parser: argparse.ArgumentParser) -> None:
+    """--quantize int8|bf16|int4: decode with fewer bytes of weights (qkv.quantize)."""
+    parser.add_argument(
+        "--quantize",
+        metavar="int8|bf16|int4",
+        help="weights in int8 or int4 (torchao; activations in bfloat16) or all in bfloat16: "
+        "fewer bytes read per token, faster decoding (default: float32)",
+    )
+
+
+def check_quantize(args: argparse.Namespace) -> None:
+    """A bad --quantize value is one line, before any checkpoint is read."""
+    from qkv.decoding.quantize import MODES
+
+    if args.quantize is not None and args.quantize not in MODES:
+        raise QkvError(f"--quantize must be one of {', '.join(MODES)}, got {args.quantize!r}")
+
+
+def load_model(checkpoint, args: argparse.Namespace):
+    """The checkpoint's model on --device, in eval mode, quantized as --quantize says."""
+    from qkv.runtime import resolve_device
+
+    model = checkpoint.model(resolve_device(args.device)).eval()
+    if args.quantize is not None:
+        from qkv.decoding.quantize import quantize
+
+        model = quantize(model, args.quantize)
+    return model

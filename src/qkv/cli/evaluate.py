@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 
 from qkv.checkpoint import open_checkpoint
-from qkv.cli.common import add_decoding_options, add_device, add_verb
-from qkv.runtime import resolve_device
+from qkv.cli.common import (
+    add_decoding_options,
+    add_device,
+    add_quantize,
+    add_verb,
+    check_quantize,
+    load_model,
+)
 
 
 def add_eval(verbs) -> None:
@@ -21,6 +27,7 @@ def add_eval(verbs) -> None:
     p.add_argument("--data", metavar="NAME|PATH", help="default: the data the model trained on")
     p.add_argument("--batch-size", type=int, default=32, metavar="N")
     add_device(p)
+    add_quantize(p)
     add_decoding_options(p, "seq2seq: ")
     p.set_defaults(run=cmd_eval)
 
@@ -29,8 +36,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qkv.evaluate import EvalOptions
 
     options = EvalOptions(args.data, args.batch_size, args.beam, args.alpha)
+    check_quantize(args)
     checkpoint = open_checkpoint(args.checkpoint)
     evaluate = checkpoint.kind.verb("eval", args.checkpoint)
-    model = checkpoint.model(resolve_device(args.device)).eval()
+    model = load_model(checkpoint, args)
     print(evaluate(checkpoint, model, options).line())
     return 0

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from qkv.checkpoint import open_checkpoint
-from qkv.cli.common import add_device, add_verb
+from qkv.cli.common import add_device, add_quantize, add_verb, check_quantize, load_model
 from qkv.errors import QkvError
 from qkv.runtime import resolve_device
 
@@ -28,9 +28,12 @@ def add_sample(verbs) -> None:
     p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy")
     p.add_argument("--top-k", type=int, metavar="K")
     p.add_argument("--top-p", type=float, metavar="P")
-    p.add_argument("--num-samples", type=int, default=1, metavar="M")
+    p.add_argument(
+        "--num-samples", type=int, default=1, metavar="M", help="M samples, decoded as one batch"
+    )
     p.add_argument("--seed", type=int, default=1337, metavar="N")
     add_device(p)
+    add_quantize(p)
     p.set_defaults(run=cmd_sample)
 
 
@@ -40,18 +43,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_sampling_options(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
     if args.num_samples < 1:
         raise QkvError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_quantize(args)
     device = resolve_device(args.device)
     checkpoint = open_checkpoint(args.checkpoint)
-    stream_text = checkpoint.kind.verb("sample", args.checkpoint)
-    model = checkpoint.model(device).eval()
+    stream_samples = checkpoint.kind.verb("sample", args.checkpoint)
+    model = load_model(checkpoint, args)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     sampling = Sampling(args.temperature, args.top_k, args.top_p, generator)
-    for i in range(args.num_samples):
-        if i:
-            print("\n" + "-" * 40)
-        texts = stream_text(model, checkpoint.tokenizer, args.prompt, args.max_new_tokens, sampling)
-        for text in texts:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        print()
+    tokenizer, current = checkpoint.tokenizer, 0
+    pieces = stream_samples(
+        model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.num_samples
+    )
+    for sample, text in pieces:  # the M samples are one batch; sample 0 streams
+        if sample != current:  # the previous sample's end, and a rule
+            print("\n\n" + "-" * 40)
+            current = sample
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    print()
     return 0

@@ -6,8 +6,14 @@ import argparse
 import sys
 
 from qkv.checkpoint import open_checkpoint
-from qkv.cli.common import add_decoding_options, add_device, add_verb
-from qkv.runtime import resolve_device
+from qkv.cli.common import (
+    add_decoding_options,
+    add_device,
+    add_quantize,
+    add_verb,
+    check_quantize,
+    load_model,
+)
 
 
 def add_translate(verbs) -> None:
@@ -21,6 +27,7 @@ def add_translate(verbs) -> None:
     )
     add_decoding_options(p)
     add_device(p)
+    add_quantize(p)
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(run=cmd_translate)
 
@@ -29,9 +36,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from qkv.decoding.translate import check_decoding_options
 
     check_decoding_options(args.beam, args.alpha)
+    check_quantize(args)
     checkpoint = open_checkpoint(args.checkpoint)
     translate_texts = checkpoint.kind.verb("translate", args.checkpoint)
-    model = checkpoint.model(resolve_device(args.device)).eval()
+    model = load_model(checkpoint, args)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     for line in translate_texts(model, checkpoint.tokenizer, texts, args.beam, args.alpha):
         print(line)

@@ -66,7 +66,7 @@ KINDS: dict[str, ModelKind] = {
         model="qkv.models.gpt:GPT",
         recipe="qkv.training.lm:LanguageModelRecipe",
         verbs={
-            "sample": "qkv.decoding.sampling:stream_text",
+            "sample": "qkv.decoding.sampling:stream_samples",
             "eval": "qkv.evaluate:evaluate_language_model",
             "attention": "qkv.viz.maps:gpt_attention_maps",
             "positions": "qkv.viz.positions:checkpoint_positions",

@@ -1,5 +1,6 @@
 """From a model to tokens: sampling a GPT (`sampling`), greedy decoding and beam search of an
-encoder-decoder (`beam`), and batch translation of strings (`translate`)."""
+encoder-decoder (`beam`), batch translation of strings (`translate`), and quantized weights
+for decoding (`quantize`, imported on its own: it needs torchao)."""
 
 from qkv.decoding.beam import (
     beam_search,
@@ -8,7 +9,13 @@ from qkv.decoding.beam import (
     next_log_probs,
     translate_ids,
 )
-from qkv.decoding.sampling import Sampling, sample_next, sample_stream, stream_text
+from qkv.decoding.sampling import (
+    Sampling,
+    sample_next,
+    sample_stream,
+    stream_samples,
+    stream_text,
+)
 
 __all__ = [
     "Sampling",
@@ -18,6 +25,7 @@ __all__ = [
     "next_log_probs",
     "sample_next",
     "sample_stream",
+    "stream_samples",
     "stream_text",
     "translate_ids",
 ]

@@ -110,9 +110,44 @@ def stream_text(
     GPT-2's <|endoftext|>, shown as nothing). A byte-level token may end inside a character:
     only whole characters come out (`decode_stream`).
     """
+    for _, piece in stream_samples(model, tokenizer, prompt, max_new_tokens, sampling, 1):
+        yield piece
+
+
+def stream_samples(
+    model,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    sampling: Sampling,
+    num_samples: int = 1,
+) -> Iterator[tuple[int, str]]:
+    """`num_samples` continuations of one prompt, decoded as one batch: (sample, text) pairs.
+
+    Every row starts from the same prompt, so the batch (M, T) needs no padding, and each step
+    reads the weights once for all M rows: at batch 1 a step is bound by reading the weights
+    (`qkv.decoding.quantize`), so M samples cost far less than M times one. Rows are
+    independent (attention never crosses rows), so a greedy row is the token sequence a
+    batch of one gives. Sample 0 streams as it is drawn; the others follow, each the prompt's
+    text and then its own, as `stream_text` gives them.
+    """
+    if num_samples < 1:
+        raise QkvError(f"num_samples must be >= 1, got {num_samples}")
     text, ids = (prompt, tokenizer.encode(prompt)) if prompt else tokenizer.empty_prompt()
-    yield text
     device = next(model.parameters()).device
-    idx = torch.tensor([ids], device=device)  # (1, T)
-    tokens = model.stream(idx, max_new_tokens, sampling)
-    yield from decode_stream(tokenizer, (token[0].item() for token in tokens))
+    idx = torch.tensor([ids] * num_samples, device=device)  # (M, T)
+    later: list[list[int]] = [[] for _ in range(num_samples - 1)]
+
+    def first_row() -> Iterator[int]:
+        for token in model.stream(idx, max_new_tokens, sampling):  # (M, 1)
+            for row, new in zip(later, token[1:, 0].tolist(), strict=True):
+                row.append(new)
+            yield token[0, 0].item()
+
+    yield 0, text
+    for piece in decode_stream(tokenizer, first_row()):
+        yield 0, piece
+    for sample, row in enumerate(later, start=1):
+        yield sample, text
+        for piece in decode_stream(tokenizer, row):
+            yield sample, piece

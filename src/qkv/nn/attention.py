@@ -286,7 +286,11 @@ class CrossAttention(MultiHeadAttention):
     The same module and weights as `MultiHeadAttention(x, context=memory)`, split in two so
     that a decoder generating one token at a time projects the encoder's output to keys and
     values once (`project_memory`) and reuses them at every step (paper, section 3.2.3).
+    It reads `c_attn`'s weight as a tensor, in two slices, so quantization leaves that layer
+    as it is (`weight_readers`).
     """
+
+    weight_readers = ("c_attn",)
 
     def project_memory(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """memory: (B, S, C) -> keys and values (B, H_kv, S, D) each."""
