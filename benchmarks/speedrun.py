@@ -102,24 +102,28 @@ def spread(values: list[float]) -> str:
 
 
 def ablate(args: argparse.Namespace) -> None:
-    print("| experiment | overrides | seeds | val loss (mean ± sd) | steps | tokens/s |")
-    print("|---|---|---|---|---|---|")
-    for name in args.only or list(EXPERIMENTS):
-        rows = []
-        with tempfile.TemporaryDirectory() as root:
-            for seed in args.seeds:
+    """Round-robin over the experiments, seed by seed, so that a change in the machine's
+    speed during the sweep falls on every experiment alike; the table comes at the end."""
+    names = args.only or list(EXPERIMENTS)
+    rows: dict[str, list[dict]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory() as root:
+        for seed in args.seeds:
+            for name in names:
                 out = Path(root) / "run"
                 row = measure(EXPERIMENTS[name], args.data, args.max_time, seed, out)
-                rows.append({"name": name, **row})
-                append(args.log, rows[-1])
-        losses = [r["val_loss"] for r in rows]
-        steps = statistics.fmean(r["steps"] for r in rows)
-        tokens = statistics.fmean(r["tokens_per_s"] for r in rows)
+                rows[name].append({"name": name, **row})
+                append(args.log, rows[name][-1])
+                print(f"{name} seed {seed}: {row['val_loss']:.4f}", flush=True)
+    print("| experiment | overrides | seeds | val loss (mean ± sd) | steps | tokens/s |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        losses = [r["val_loss"] for r in rows[name]]
+        steps = statistics.fmean(r["steps"] for r in rows[name])
+        tokens = statistics.fmean(r["tokens_per_s"] for r in rows[name])
         overrides = " ".join(EXPERIMENTS[name]) or "-"
         seeds = ",".join(map(str, args.seeds))
         print(
-            f"| {name} | {overrides} | {seeds} | {spread(losses)} | {steps:,.0f} | {tokens:,.0f} |",
-            flush=True,
+            f"| {name} | {overrides} | {seeds} | {spread(losses)} | {steps:,.0f} | {tokens:,.0f} |"
         )
 
 
