@@ -8,7 +8,7 @@ from qkv.errors import QkvError
 from qkv.viz.curves import CURVES_FILE, plot_training_curves
 from qkv.viz.explorer import write_explorer_html
 from qkv.viz.heatmaps import draw_attention_png
-from qkv.viz.maps import checkpoint_attention_maps
+from qkv.viz.maps import checkpoint_attention_maps, encode_text
 from qkv.viz.positions import SINUSOIDAL, plot_positions
 
 OUT_KINDS = (".png", ".html")
@@ -31,6 +31,67 @@ def attention_command(checkpoint: str, text: str, out: str, device: str = "cpu")
         for m in maps
     )
     return f"wrote {path}: {sizes}"
+
+
+# --explain's --map: the short name of each kind of attention
+MAP_NAMES = {
+    "self": "self-attention",
+    "encoder": "encoder self-attention",
+    "decoder": "decoder self-attention",
+    "cross": "cross-attention",
+}
+
+
+def explain_command(
+    checkpoint: str,
+    text: str,
+    layer: int,
+    head: int,
+    part: str | None = None,
+    device: str = "cpu",
+) -> str:
+    """One head's computation on `text`, step by step, with the checkpoint's own numbers."""
+    from qkv.checkpoint import open_checkpoint
+    from qkv.viz.explain import explain_maps, select_steps
+    from qkv.viz.explain_text import MAX_TOKENS, explain_lines
+
+    if not text:
+        raise QkvError("--text is empty: give the text whose attention to explain")
+    opened = open_checkpoint(checkpoint)
+    provider = opened.kind.verb("attention", str(checkpoint))
+    tokenizer = opened.tokenizer
+    n_tokens = len(encode_text(tokenizer, text, 10**9))
+    if n_tokens > MAX_TOKENS:
+        raise QkvError(
+            f"--explain prints tables of tokens x tokens: --text is {n_tokens} tokens, give "
+            f"at most {MAX_TOKENS}"
+        )
+    model = opened.model(device).eval()
+    names = list(model.attention_modules())
+    name = _map_name(part, names)
+    maps, steps = explain_maps(model, provider, tokenizer, text)
+    chosen = select_steps(steps, name, layer, head)
+    if max(len(chosen.queries), len(chosen.keys)) > MAX_TOKENS:
+        raise QkvError(
+            f"--explain prints tables of tokens x tokens: the {name} has "
+            f"{len(chosen.queries)} x {len(chosen.keys)}; give a shorter --text"
+        )
+    config = model.config
+    note = f", {config.norm}-norm, {config.positional} positions"
+    return "\n".join(explain_lines(chosen, note))
+
+
+def _map_name(part: str | None, names: list[str]) -> str:
+    """The kind of attention --map names (default: the model's first)."""
+    if part is None:
+        return names[0]
+    name = MAP_NAMES[part]
+    if name not in names:
+        shorts = [k for k, v in MAP_NAMES.items() if v in names]
+        raise QkvError(
+            f"--map {part}: this model has {' and '.join(names)} (--map {'|'.join(shorts)})"
+        )
+    return name
 
 
 def plot_command(run_dir: str | None, positions: str | None, out: str | None) -> str:
