@@ -253,3 +253,30 @@ def test_explain_on_a_seq2seq_checkpoint_shows_each_kind_of_attention(cli, tmp_p
     assert heads["encoder"].startswith("encoder self-attention, layer 0, head 1: 7 queries x 7")
     assert heads["decoder"].startswith("decoder self-attention, layer 0, head 1")
     assert heads["cross"].startswith("cross-attention, layer 0, head 1")
+
+
+def test_the_explorer_page_holds_every_heads_q_k_v_for_its_step_view(cli, tmp_path):
+    import json
+    import re
+
+    from qkv.viz.explain import checkpoint_attention_steps
+
+    model, tokenizer = seq2seq()
+    directory = tmp_path / "s2s"
+    save_checkpoint(directory, model, Seq2SeqRunConfig(model=model.config), tokenizer)
+    page = tmp_path / "page.html"
+    assert cli("attention", "--checkpoint", directory, "--text", "26 nov", "--out", page).code == 0
+    html = page.read_text(encoding="utf-8")
+    data = re.search(r'<script id="qkv-data" type="application/json">(.*?)</script>', html, re.S)
+    shown = json.loads(data.group(1))["maps"]
+    _, steps = checkpoint_attention_steps(directory, "26 nov")
+    assert [m["name"] for m in shown] == list(steps)
+    for page_map in shown:
+        layers = steps[page_map["name"]]
+        assert page_map["head_size"] == 8
+        assert page_map["mask"] == layers[0][0].mask.astype(int).tolist()
+        for layer, heads in enumerate(layers):
+            for head, expected in enumerate(heads):
+                for name in "qkv":
+                    got = np.array(page_map["qkv"][layer][head][name])
+                    np.testing.assert_allclose(got, getattr(expected, name), atol=1e-5)

@@ -19,13 +19,16 @@ def attention_command(checkpoint: str, text: str, out: str, device: str = "cpu")
     suffix = Path(out).suffix.lower()
     if suffix not in OUT_KINDS:
         raise QkvError(f"--out {out}: write a .png (heatmaps) or an .html (explorer) file")
-    maps = checkpoint_attention_maps(checkpoint, text, device)
     shown = text if len(text) <= 60 else text[:57] + "..."
     title = f"{Path(checkpoint).name or checkpoint}: {shown!r}"
     if suffix == ".png":
+        maps = checkpoint_attention_maps(checkpoint, text, device)
         path = draw_attention_png(maps, out, title)
-    else:
-        path = write_explorer_html(maps, out, title)
+    else:  # the page's step view needs every head's q, k and v too
+        from qkv.viz.explain import checkpoint_attention_steps
+
+        maps, steps = checkpoint_attention_steps(checkpoint, text, device)
+        path = write_explorer_html(maps, out, title, steps)
     sizes = ", ".join(
         f"{m.name} {m.n_layer} layers x {m.n_head} heads x {len(m.queries)} x {len(m.keys)}"
         for m in maps
@@ -92,6 +95,33 @@ def _map_name(part: str | None, names: list[str]) -> str:
             f"--map {part}: this model has {' and '.join(names)} (--map {'|'.join(shorts)})"
         )
     return name
+
+
+def over_training_command(run_dir: str, text: str | None, out: str) -> str:
+    """The probe's attention at every evaluation of a run: a page with a slider or a GIF."""
+    from qkv.viz.over_training import (
+        describe,
+        write_over_training_gif,
+        write_over_training_html,
+    )
+    from qkv.viz.probe import read_records
+
+    suffix = Path(out).suffix.lower()
+    if suffix not in (".html", ".gif"):
+        raise QkvError(f"--out {out}: write an .html (a slider) or a .gif (an animation)")
+    records = read_records(run_dir)
+    recorded = records[0].text
+    if text is not None and text != recorded:
+        raise QkvError(
+            f"--text {text!r}: {run_dir} recorded the probe {recorded!r} (train.probe_text); "
+            "give that text or leave --text out"
+        )
+    title = Path(run_dir).resolve().name
+    if suffix == ".html":
+        path = write_over_training_html(records, out, title)
+    else:
+        path = write_over_training_gif(records, out, title)
+    return f"wrote {path}: {describe(records)}"
 
 
 def plot_command(run_dir: str | None, positions: str | None, out: str | None) -> str:

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -260,3 +261,18 @@ def select_steps(
     if not 0 <= head < len(heads):
         raise QkvError(f"--head {head}: the {name} has {len(heads)} heads (0-{len(heads) - 1})")
     return heads[head]
+
+
+def checkpoint_attention_steps(
+    directory: str | Path, text: str, device: str | torch.device = "cpu"
+) -> tuple[list[AttentionMap], dict[str, list[list[HeadSteps]]]]:
+    """Load a checkpoint and run `text` through it as `qkv attention` does, recording every
+    head's steps: -> (maps, {map name: [layer][head] HeadSteps})."""
+    from qkv.checkpoint import open_checkpoint
+
+    if not text:
+        raise QkvError("--text is empty: give the text whose attention to draw")
+    checkpoint = open_checkpoint(directory)
+    provider = checkpoint.kind.verb("attention", str(directory))
+    model = checkpoint.model(device).eval()
+    return explain_maps(model, provider, checkpoint.tokenizer, text)
