@@ -81,7 +81,7 @@ def explain_command(
         )
     config = model.config
     note = f", {config.norm}-norm, {config.positional} positions"
-    return "\n".join(explain_lines(chosen, note))
+    return "\n".join(explain_lines(chosen, note, config.norm))
 
 
 def _map_name(part: str | None, names: list[str]) -> str:

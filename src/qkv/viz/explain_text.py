@@ -81,8 +81,9 @@ def _section(title: str, lines: list[str]) -> list[str]:
     return ["", title, *("  " + line for line in lines)]
 
 
-def explain_lines(steps: HeadSteps, model_note: str = "") -> list[str]:
-    """The whole worked example for one head, as lines of text."""
+def explain_lines(steps: HeadSteps, model_note: str = "", norm: str = "pre") -> list[str]:
+    """The whole worked example for one head, as lines of text (`norm`: where the block's
+    norm sits, which says what the sub-layer's input x_i is)."""
     s = steps
     d = s.head_size
     rows, keys = _token_labels(s.queries), _token_labels(s.keys)
@@ -93,7 +94,12 @@ def explain_lines(steps: HeadSteps, model_note: str = "") -> list[str]:
         f"keys, C = {s.x.shape[1]} channels, head size D = {d}{model_note}",
     ]
     out += _section(
-        f"1. x_i, the input of the attention sub-layer at each query ({_shape(s.x)})",
+        f"1. x_i, the input of the attention sub-layer at each query ({_shape(s.x)}; "
+        + (
+            "pre-norm: LayerNorm of the residual stream)"
+            if norm == "pre"
+            else "post-norm: the residual stream itself)"
+        ),
         table(s.x, rows, _numbers(s.x.shape[1], "c")),
     )
     if cross:
