@@ -233,7 +233,9 @@ def _poison(trainer: Trainer, bad_calls: set[int]) -> None:
     real_forward = trainer.model.forward
     calls = [0]
 
-    def forward(idx, targets=None):
+    def forward(idx, targets=None, **options):
+        if options:  # GPT.forward's other uses (the probe's return_weights) pass through
+            return real_forward(idx, targets, **options)
         logits, loss = real_forward(idx, targets)
         if trainer.model.training:
             calls[0] += 1

@@ -109,3 +109,53 @@ def test_hovering_a_token_highlights_the_models_weights(browser, cli, trained_ru
     assert browser.save_screenshot(str(screenshot))
     width, height = struct.unpack(">II", screenshot.read_bytes()[16:24])
     assert (width, height) == tuple(browser.execute_script("return [innerWidth, innerHeight]"))
+
+
+def test_clicking_a_query_shows_its_computation_with_the_models_numbers(
+    browser, cli, trained_run, tmp_path
+):
+    """The step view: q_i . k_j for every key, the scaling, the mask, the softmax and the
+    weighted values, computed in the page from the model's q, k, v, equal the model's."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from qkv.viz.explain import checkpoint_attention_steps
+
+    page = tmp_path / "steps.html"
+    result = cli("attention", "--checkpoint", trained_run.run_dir, "--text", TEXT, "--out", page)
+    assert result.code == 0, result.err
+    _, steps = checkpoint_attention_steps(trained_run.run_dir, TEXT)
+    layer, head, query = 0, 1, 9
+    expected = steps["self-attention"][layer][head]
+
+    browser.get(page.as_uri())
+    assert browser.find_element(By.ID, "steps").get_attribute("hidden") is not None
+    Select(browser.find_element(By.ID, "head-select")).select_by_value(str(head))
+    browser.find_element(By.CSS_SELECTOR, f'.token.query[data-index="{query}"]').click()
+
+    shown = browser.execute_script("return window.qkvExplorer.steps()")
+    assert shown["query"] == query
+    np.testing.assert_allclose(shown["q"], expected.q[query], atol=1e-5)
+    np.testing.assert_allclose(shown["scores"], expected.scores[query], atol=1e-4)
+    np.testing.assert_allclose(shown["scaled"], expected.scaled[query], atol=1e-4)
+    assert shown["scale"] == pytest.approx(1 / np.sqrt(expected.head_size))
+    assert shown["visible"] == expected.mask[query].tolist()
+    np.testing.assert_allclose(shown["weights"], expected.weights[query], atol=1e-5)
+    np.testing.assert_allclose(shown["out"], expected.out[query], atol=1e-4)
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#steps-table tr.key-step")
+    assert len(rows) == len(TEXT)
+    for j, row in enumerate(rows):
+        cells = row.find_elements(By.TAG_NAME, "td")
+        assert cells[5].text == ("visible" if j <= query else "-inf")
+        weight = float(cells[6].get_attribute("data-value"))
+        assert weight == pytest.approx(float(expected.weights[query, j]), abs=1e-5)
+    title = browser.find_element(By.ID, "steps-title").text
+    assert (
+        title == f'How query {query} "{TEXT[query]}" weighs the keys: self-attention, '
+        f"layer {layer}, head {head}"
+    )
+
+    # all heads at once has no single computation to show
+    Select(browser.find_element(By.ID, "head-select")).select_by_value("all")
+    assert browser.find_element(By.ID, "steps").get_attribute("hidden") is not None

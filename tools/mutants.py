@@ -40,6 +40,7 @@ class Mutant:
 ATTENTION, BLOCKS = SRC + "nn/attention.py", SRC + "nn/blocks.py"
 NOTES, ATT, BLK = "tests/test_notes.py::", "tests/test_attention.py::", "tests/test_blocks.py::"
 PARITY = "tests/test_reference_transformer.py::"
+EXPLAIN = "tests/test_explain.py::"
 
 MUTANTS = (
     Mutant(
@@ -124,6 +125,25 @@ MUTANTS = (
         "return norm(x + out), weights", "return x + out, weights",
         (BLK + "test_post_norm_block_normalises_after_the_residual",
          PARITY + "test_encoder_layer_equals_torch_encoder_layer"),
+    ),
+    Mutant(
+        "explain-scale", "--explain shows the scores scaled by 1/sqrt(D)", SRC + "viz/explain.py",
+        "return 1.0 / math.sqrt(self.head_size)", "return 1.0",
+        (EXPLAIN + "test_gpt_steps_equal_a_hand_computation_in_every_layer_and_head",
+         EXPLAIN + "test_explain_prints_the_models_numbers_for_the_chosen_head"),
+    ),
+    Mutant(
+        "explain-head", "--explain shows the head asked for", SRC + "viz/explain.py",
+        "    return heads[head]", "    return heads[0]",
+        (EXPLAIN + "test_explain_prints_the_models_numbers_for_the_chosen_head",
+         EXPLAIN + "test_explain_on_a_seq2seq_checkpoint_shows_each_kind_of_attention"),
+    ),
+    Mutant(
+        "explorer-scale", "the explorer's step view scales by 1/sqrt(D)",
+        SRC + "viz/explorer.html",
+        "const scale = 1 / Math.sqrt(m.head_size);", "const scale = 1;",
+        ("tests/test_viz_browser.py::"
+         "test_clicking_a_query_shows_its_computation_with_the_models_numbers",),
     ),
 )  # fmt: skip
 

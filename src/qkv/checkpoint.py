@@ -63,6 +63,7 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TRAINER_FILE = "trainer.pt"
 METRICS_FILE = "metrics.jsonl"
+PROBE_DIR = "probe"  # the probe text's attention at each evaluation (viz/probe.py)
 STEP_KEY = "step"  # safetensors metadata: the training step the weights belong to
 
 
@@ -111,7 +112,7 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to start a fresh run over an existing one unless asked to overwrite it (then its
-    metrics log starts again); resuming continues it."""
+    metrics log and its probe records start again); resuming continues it."""
     if resume or not (out / CONFIG_FILE).exists():
         return
     if not overwrite:
@@ -120,6 +121,8 @@ def claim_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
             "afresh, or --out DIR for a new run"
         )
     (out / METRICS_FILE).unlink(missing_ok=True)
+    for record in (out / PROBE_DIR).glob("step-*.npz"):
+        record.unlink()
 
 
 def _remove_stale_temporaries(directory: Path) -> None:

@@ -42,6 +42,8 @@ class LoopConfig:
     skip_nonfinite: bool = False  # skip a NaN/inf batch instead of stopping (a sync per step)
     fsdp: bool = False  # shard parameters, gradients, optimizer state over torchrun's ranks
     dist_timeout: float = 600.0  # seconds a rank waits for the others in one collective
+    probe: bool = True  # record the probe text's attention at each evaluation (RUN/probe/)
+    probe_text: str = ""  # the text to record ("": a fixed piece of the val data)
 
     def __post_init__(self) -> None:
         check_positive(self, "max_steps", "batch_size", "grad_accum", "eps")

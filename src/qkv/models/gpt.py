@@ -109,6 +109,11 @@ class GPT(nn.Module):
             total -= wpe.weight.numel()
         return total
 
+    def attention_modules(self) -> dict[str, list[nn.Module]]:
+        """Each kind of attention the model has (named as its `AttentionMap`s are), with its
+        module in every layer, first layer first: for looking inside (viz/explain.py)."""
+        return {"self-attention": [block.attn for block in self.transformer.h]}
+
     def new_kv_caches(self) -> list[KVCache]:
         """One empty cache per layer, each with room for a full context."""
         return [KVCache(self.config.block_size) for _ in range(self.config.n_layer)]

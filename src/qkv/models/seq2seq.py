@@ -106,6 +106,14 @@ class Seq2SeqTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def attention_modules(self) -> dict[str, list[nn.Module]]:
+        """Each kind of attention (named as its `AttentionMap`s are), one module per layer."""
+        return {
+            "encoder self-attention": [block.attn for block in self.encoder],
+            "decoder self-attention": [block.attn for block in self.decoder],
+            "cross-attention": [block.cross_attn for block in self.decoder],
+        }
+
     # -- the two halves --------------------------------------------------------------------
 
     def _embed(self, embedding: nn.Embedding, ids: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:

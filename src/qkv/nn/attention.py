@@ -221,13 +221,9 @@ class MultiHeadAttention(nn.Module):
         `value_extra` (B, T_q, H_kv D) is added to the values (the GPT's value embeddings).
         Returns (B, T_q, C), and the weights (B, H, T_q, T_k) when `return_weights`.
         """
-        q, k, v = self._project(x, context)  # (B, H, T_q, D), (B, H_kv, T_k, D) twice
-        if value_extra is not None:
-            v = v + self._split_heads(value_extra)
-        if self.qk_norm:
-            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
-        if self.rotary is not None:
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        q, k, v = self.project(
+            x, context, positions, value_extra
+        )  # (B, H, T_q, D), (B, H_kv, T_k, D) x2
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H_kv, T_past + T_q, D)
         k, v = self._share_kv_heads(k), self._share_kv_heads(v)  # (B, H, T_k, D)
@@ -238,6 +234,26 @@ class MultiHeadAttention(nn.Module):
         out, weights = result if return_weights else (result, None)
         out = self.resid_dropout(self.c_proj(self._merge_heads(out)))  # (B, T_q, C)
         return (out, weights) if return_weights else out
+
+    def project(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        positions: Tensor | None = None,
+        value_extra: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q = x W_Q^T + b_Q, k = z W_K^T + b_K, v = z W_V^T + b_V (z = context, or x), split
+        into heads (+ `value_extra` on v; q and k RMS-normalised with `qk_norm`), queries and
+        keys rotated by `positions` with rotary embeddings: (B, H, T_q, D), (B, H_kv, T_k, D),
+        (B, H_kv, T_k, D). What `forward` attends with."""
+        q, k, v = self._project(x, context)
+        if value_extra is not None:
+            v = v + self._split_heads(value_extra)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+        return q, k, v
 
     def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         n_embd = x.size(-1)
@@ -300,6 +316,13 @@ class CrossAttention(MultiHeadAttention):
         k, v = F.linear(memory, w_kv, b_kv).chunk(2, dim=-1)  # (B, S, H_kv D) twice
         return self._split_heads(k), self._split_heads(v)
 
+    def project_queries(self, x: Tensor) -> Tensor:
+        """x: (B, T, C) decoder states -> queries x W_Q^T + b_Q, (B, H, T, D)."""
+        n_embd = x.size(-1)
+        w_q = self.c_attn.weight[:n_embd]
+        b_q = None if self.c_attn.bias is None else self.c_attn.bias[:n_embd]
+        return self._split_heads(F.linear(x, w_q, b_q))
+
     def forward(  # type: ignore[override]
         self,
         x: Tensor,
@@ -312,10 +335,7 @@ class CrossAttention(MultiHeadAttention):
 
         Returns (B, T, C), and the weights (B, H, T, S) when `return_weights`.
         """
-        n_embd = x.size(-1)
-        w_q = self.c_attn.weight[:n_embd]
-        b_q = None if self.c_attn.bias is None else self.c_attn.bias[:n_embd]
-        q = self._split_heads(F.linear(x, w_q, b_q))  # (B, H, T, D)
+        q = self.project_queries(x)  # (B, H, T, D)
         k, v = (self._share_kv_heads(t) for t in memory_kv)  # (B, H, S, D)
         dropout_p = self.dropout if self.training else 0.0
         result = scaled_dot_product_attention(

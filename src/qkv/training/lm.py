@@ -30,6 +30,8 @@ from qkv.training import distributed
 from qkv.training.distributed import SINGLE, World
 from qkv.training.recipe import Batch, Recipe
 
+PROBE_TOKENS = 32  # the default probe text's length: a readable heatmap, a small record
+
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
     """Linear warm-up to lr over warmup_steps, then down to min_lr by `cfg.schedule`:
@@ -126,6 +128,11 @@ class LanguageModelRecipe(Recipe):
             losses[split] = distributed.mean(mean, self.world, self.device)
         model.train()
         return losses
+
+    def default_probe_text(self) -> str:
+        """The first PROBE_TOKENS tokens of the val split (at most the context)."""
+        n = min(PROBE_TOKENS, self.config.model.block_size)
+        return self.tokenizer.decode(self.corpus.val[:n].tolist())
 
     def describe(self, model: nn.Module) -> str:
         return (

@@ -50,6 +50,7 @@ from qkv.training import distributed
 from qkv.training.distributed import World
 from qkv.training.progress import TrainResult, run_loop
 from qkv.training.start import RunStart
+from qkv.viz.probe import record_probe
 
 BEST_DIR = "best"
 LABELS = {"eval_train_loss": "train loss"}  # how a metric reads in the progress lines
@@ -273,7 +274,9 @@ class Trainer:
     def evaluate_and_save(self, bar: tqdm) -> dict[str, float]:
         with distributed.unsharded(self.model):
             metrics = self.recipe.evaluate(self.model)
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if not bad:  # the probe's attention at this step (viz/probe.py)
+                record_probe(self.recipe, self.model, self.out_dir, self.step, self.world.is_main)
         if bad:
             raise self.nonfinite_error(f"the {LABELS.get(bad[0], bad[0])} became {metrics[bad[0]]}")
         improved = metrics["val_loss"] < self.best_val

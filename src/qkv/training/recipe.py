@@ -87,6 +87,18 @@ class Recipe(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def probe_text(self) -> str:
+        """The text whose attention each evaluation records (viz/probe.py): train.probe_text,
+        else the kind's default; "" when train.probe is off."""
+        train = self.config.train
+        if not train.probe:
+            return ""
+        return train.probe_text or self.default_probe_text()
+
+    def default_probe_text(self) -> str:
+        """A fixed text from the data, the same at every evaluation ("": no probe)."""
+        return ""
+
     def after_step(self, step: int, weights: WeightsFn) -> None:  # noqa: B027
         """Called after every optimizer step (nothing by default)."""
 

@@ -98,6 +98,7 @@ class TranslationRecipe(Recipe):
         max_len, source = model.max_len, config.data.source
         self.train_examples = encode_pairs(splits.train, self.tokenizer, max_len, source)
         self.val_examples = encode_pairs(splits.val, self.tokenizer, max_len, source)
+        self.first_val_source = splits.val[0][0] if splits.val else ""
         self.device, self.world = device, world
         train = config.train
         self.batches = LengthBatches(self.train_examples, train.batch_size * world.size, train.seed)
@@ -141,6 +142,10 @@ class TranslationRecipe(Recipe):
             right += sum(out == tgt for out, (_, tgt) in zip(outputs, chunk, strict=True))
         model.train()
         return {"val_loss": total / max(tokens, 1), "val_exact_match": right / max(len(shown), 1)}
+
+    def default_probe_text(self) -> str:
+        """The first val pair's source sentence."""
+        return self.first_val_source
 
     def describe(self, model: nn.Module) -> str:
         return (
