@@ -89,9 +89,7 @@ def chunks(
         held += len(piece)
         while held >= size:
             text = "".join(buffer)
-            at = boundary(text, size // 2, size)
-            if at <= 0:
-                at = boundary(text, size // 2, len(text))  # a longer chunk, then
+            at = _first_boundary(text, boundary, size)
             if at <= 0:
                 if held < MAX_CHUNK:
                     buffer = [text]
@@ -102,6 +100,17 @@ def chunks(
             buffer, held = [text[at:]], len(text) - at
     if held:
         yield Chunk(split, "".join(buffer), position + held)
+
+
+def _first_boundary(text: str, boundary: Boundary, size: int) -> int:
+    """A boundary past size/2, as near `size` as there is one: windows up to size, 2 size,
+    4 size, ... (a text with long stretches without one gives longer chunks, not more)."""
+    hi = size
+    while True:
+        at = boundary(text, size // 2, hi)
+        if at > 0 or hi >= len(text):
+            return at
+        hi *= 2
 
 
 def sub_chunks(text: str, boundary: Boundary, size: int) -> list[str]:
