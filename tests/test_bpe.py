@@ -150,11 +150,14 @@ def test_different_tokenizers_never_share_a_cache_file(tmp_path, qkv_cache):
     char = prepare_corpus(path)
     bpe_300 = prepare_corpus(path, kind="bpe", vocab_size=300)
     bpe_400 = prepare_corpus(path, kind="bpe", vocab_size=400)
-    assert len(list((qkv_cache / "tokens").iterdir())) == 3
+    assert len(list((qkv_cache / "prepared").iterdir())) == 3
     assert len(char.train) > len(bpe_300.train) > len(bpe_400.train)
     again = prepare_corpus(path, kind="bpe", vocab_size=300)
     assert np.array_equal(again.train, bpe_300.train)
-    assert len(list((qkv_cache / "tokens").iterdir())) == 3
+    # the run's own tokenizer, given back (a resumed run's), finds the same preparation
+    given = prepare_corpus(path, tokenizer=bpe_300.tokenizer, kind="bpe", vocab_size=300)
+    assert np.array_equal(given.train, bpe_300.train)
+    assert len(list((qkv_cache / "prepared").iterdir())) == 3
 
 
 # -- qkv train --tokenizer bpe -> sample -> eval ----------------------------------------------

@@ -318,7 +318,7 @@ def test_python_dash_m_qkv_trains_and_samples(text_file, tmp_path, tiny, qkv_cac
     assert "done: step 3" in train.stdout
     assert (run_dir / "model.safetensors").is_file()
     assert not (tmp_path / "out").exists()  # --out was honoured
-    assert any((qkv_cache / "tokens").iterdir())  # and QKV_CACHE_DIR, so ~/.cache is untouched
+    assert any((qkv_cache / "prepared").iterdir())  # and QKV_CACHE_DIR: ~/.cache is untouched
 
     sampled = run_python_m_qkv(
         *["sample", "--checkpoint", str(run_dir), "--prompt", "To be", "--max-new-tokens", "20"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -54,19 +56,26 @@ def test_a_given_tokenizer_is_used_and_unknown_characters_are_errors(text_file):
 # -- the token cache -------------------------------------------------------------------------
 
 
+def prepared_dirs(cache: Path) -> list[Path]:
+    """The preparations the token cache holds, one directory each."""
+    return sorted((cache / "prepared").iterdir())
+
+
 def test_token_cache_is_written_once_and_reused(text_file, qkv_cache, monkeypatch):
     first = prepare_corpus(str(text_file))
-    files = list((qkv_cache / "tokens").iterdir())
-    assert len(files) == 1
-    mtime = files[0].stat().st_mtime_ns
+    dirs = prepared_dirs(qkv_cache)
+    assert len(dirs) == 1
+    shard = dirs[0] / "train-00000.bin"
+    mtime = shard.stat().st_mtime_ns
 
     def no_encoding(self, text):
         raise AssertionError("the text was encoded again instead of read from the cache")
 
     monkeypatch.setattr(CharTokenizer, "encode", no_encoding)
+    monkeypatch.setattr(CharTokenizer, "encode_array", no_encoding)
     second = prepare_corpus(str(text_file))
-    assert list((qkv_cache / "tokens").iterdir()) == files
-    assert files[0].stat().st_mtime_ns == mtime
+    assert prepared_dirs(qkv_cache) == dirs
+    assert shard.stat().st_mtime_ns == mtime
     assert np.array_equal(first.train, second.train)
     assert np.array_equal(first.val, second.val)
 
@@ -79,7 +88,7 @@ def test_token_cache_follows_the_text(text_file, text, qkv_cache):
     corpus = prepare_corpus(str(text_file))
     ids = np.concatenate([corpus.train, corpus.val])
     assert corpus.tokenizer.decode(ids.tolist()) == changed
-    assert len(list((qkv_cache / "tokens").iterdir())) == 2
+    assert len(prepared_dirs(qkv_cache)) == 2
 
 
 # -- sources ---------------------------------------------------------------------------------

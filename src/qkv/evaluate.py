@@ -74,15 +74,33 @@ def evaluate(model, ids: np.ndarray, tokenizer: Tokenizer, batch_size: int = 32)
         )
         total_nats += loss.item()
         count += y.numel()
-    n_chars = int(tokenizer.char_counts()[np.asarray(ids[1:], dtype=np.int64)].sum())
+    n_chars = _chars_of(tokenizer, ids)
     return EvalResult(total_nats / count, total_nats / (math.log(2) * n_chars), count)
+
+
+def _chars_of(tokenizer: Tokenizer, ids, block: int = 1 << 22) -> int:
+    """Characters in the text of ids[1:] (the scored targets), counted a block at a time so
+    a large val split is never copied whole."""
+    counts = tokenizer.char_counts()
+    return sum(
+        int(counts[np.asarray(ids[i : i + block], dtype=np.int64)].sum())
+        for i in range(1, len(ids), block)
+    )
 
 
 def evaluate_language_model(checkpoint, model, options: EvalOptions) -> EvalResult:
     """The val split of `options.data` (default: the text the model trained on)."""
     config, tokenizer = checkpoint.config, checkpoint.tokenizer
     source = options.data or config.data.source
-    corpus = prepare_corpus(source, config.data.val_fraction, tokenizer)
+    data = config.data
+    corpus = prepare_corpus(
+        source,
+        data.val_fraction,
+        tokenizer,
+        kind=data.tokenizer,
+        vocab_size=data.vocab_size,
+        text_field=data.text_field,
+    )
     if len(corpus.val) < 2:
         raise QkvError(f"{source}: the val split has {len(corpus.val)} token(s), nothing to score")
     return evaluate(model, corpus.val, tokenizer, options.batch_size)

@@ -14,6 +14,7 @@ from qkv.cli.bench import add_bench
 from qkv.cli.common import debug_flag
 from qkv.cli.evaluate import add_eval
 from qkv.cli.hf import add_hf_verbs
+from qkv.cli.prepare import add_prepare
 from qkv.cli.sample import add_sample
 from qkv.cli.train import add_train
 from qkv.cli.translate import add_translate
@@ -25,6 +26,7 @@ DESCRIPTION = (
     "run encoder-decoders."
 )
 VERBS = (
+    add_prepare,
     add_train,
     add_sample,
     add_eval,

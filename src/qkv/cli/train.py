@@ -19,8 +19,8 @@ from qkv.data.tasks import TASKS
 from qkv.errors import QkvError
 
 DATA_HELP = (
-    "gpt: shakespeare (default), tinyshakespeare, a UTF-8 text file or a directory of .txt "
-    "files; seq2seq: a task name or a .tsv file"
+    "gpt: shakespeare (default), tinyshakespeare, a file (UTF-8 text, .jsonl, .parquet, .gz), "
+    "a directory of them, or a directory qkv prepare wrote; seq2seq: a task name or a .tsv file"
 )
 TOKENIZER_HELP = (
     "char (default); bpe: learn a byte-level BPE from the train split; DIR: a pretrained "
@@ -47,6 +47,11 @@ SETTINGS: list[tuple[str, str, dict[str, Any]]] = [
         "--vocab-size",
         "data.vocab_size",
         dict(type=int, metavar="N", help="tokens in the BPE to learn (default 1024)"),
+    ),
+    (
+        "--text-field",
+        "data.text_field",
+        dict(metavar="NAME", help="the JSONL field or Parquet column with the text (text)"),
     ),
 ]
 SWITCHES: list[tuple[str, str, str]] = [  # flag, config key, help: each sets key = true

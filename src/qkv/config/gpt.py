@@ -94,19 +94,23 @@ class DataConfig:
 
     `tokenizer` is "char" (one token per character), "bpe" (a byte-level BPE of `vocab_size`
     tokens learned from the train split), or a directory holding a pretrained BPE tokenizer
-    (GPT-2's vocab.json + merges.txt, or a tokenizer.json).
+    (GPT-2's vocab.json + merges.txt, or a tokenizer.json). A source that `qkv prepare`
+    wrote brings its own tokenizer.
     """
 
     source: str = "shakespeare"
     val_fraction: float = 0.1  # the last 10% is the val split (nanoGPT's convention)
     tokenizer: str = "char"  # char | bpe | a directory with a pretrained tokenizer
     vocab_size: int | None = None  # bpe only; None: 1024
+    text_field: str = "text"  # the field of a JSONL record, or Parquet column, with the text
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise QkvError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         if not self.tokenizer:
             raise QkvError("data.tokenizer must be 'char', 'bpe' or a directory, got ''")
+        if not self.text_field:
+            raise QkvError("data.text_field must name a field, got ''")
         check_bpe_size(self.tokenizer, self.vocab_size)
 
 

@@ -34,6 +34,11 @@ class CharTokenizer:
     def from_text(cls, text: str) -> CharTokenizer:
         return cls(set(text))
 
+    @classmethod
+    def from_code_points(cls, codes: Iterable[int]) -> CharTokenizer:
+        """The vocabulary of the characters whose code points a streaming pass collected."""
+        return cls(chr(c) for c in codes)
+
     @property
     def vocab_size(self) -> int:
         return len(self.chars)
@@ -43,6 +48,28 @@ class CharTokenizer:
             return [self.stoi[c] for c in text]
         except KeyError:
             raise QkvError(self._unknown_message(text)) from None
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode(text)` as an int32 array, by one table lookup per character (numpy).
+
+        What a large corpus is encoded with: the same ids as `encode`, about a hundred times
+        faster than a dict lookup per character; an unknown character is the same error.
+        """
+        codes = code_points(text)
+        table = self._table()
+        last = min(len(table) - 1, int(np.iinfo(codes.dtype).max))
+        ids = table[np.minimum(codes, codes.dtype.type(last))]  # the last entry is -1
+        if ids.size and int(ids.min()) < 0:
+            raise QkvError(self._unknown_message(text))
+        return ids
+
+    def _table(self) -> np.ndarray:
+        """code point -> id, -1 for a character outside the vocabulary (and past the end)."""
+        if getattr(self, "_lookup", None) is None:
+            codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
+            self._lookup = np.full(int(codes.max()) + 2, -1, dtype=np.int32)
+            self._lookup[codes] = np.arange(len(codes), dtype=np.int32)
+        return self._lookup
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
@@ -74,3 +101,17 @@ class CharTokenizer:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def code_points(text: str) -> np.ndarray:
+    """The code points of `text` as an array: uint8 for ASCII (a copy of its bytes), else
+    uint32 (UTF-32). Lone surrogates, which JSON strings may hold, pass through as numbers."""
+    if text.isascii():
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def characters_in(text: str) -> np.ndarray:
+    """The distinct code points of `text` (a streaming pass unions these, chunk by chunk)."""
+    codes = code_points(text)
+    return np.flatnonzero(np.bincount(codes)) if codes.size else codes

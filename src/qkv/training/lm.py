@@ -22,7 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from qkv.config import KINDS, RunConfig, TrainConfig
+from qkv.config.gpt import DataConfig
 from qkv.data import BatchSampler, Corpus, prepare_corpus
+from qkv.data.dataset import is_prepared
 from qkv.errors import QkvError
 from qkv.runtime import autocast
 from qkv.tokenizer import Tokenizer
@@ -69,16 +71,11 @@ class LanguageModelRecipe(Recipe):
         world: World = SINGLE,
     ) -> None:
         data = config.data
-        self.corpus = prepare_corpus(
-            data.source,
-            data.val_fraction,
-            tokenizer,
-            kind=data.tokenizer,
-            vocab_size=data.vocab_size,
-        )
+        self.corpus = load_corpus(data, tokenizer, world, device)
         self.tokenizer = self.corpus.tokenizer
         model = dataclasses.replace(config.model, vocab_size=self.tokenizer.vocab_size)
-        self.config = dataclasses.replace(config, model=model)
+        data = _with_corpus_tokenizer(data, self.tokenizer)
+        self.config = dataclasses.replace(config, model=model, data=data)
         _check_enough_data(self.corpus, model.block_size, data.source)
         self.device, self.world = device, world
         self.sampler = self._sampler(self.corpus.train, config.train.seed)
@@ -145,6 +142,51 @@ class LanguageModelRecipe(Recipe):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
+
+
+def load_corpus(
+    data: DataConfig, tokenizer: Tokenizer | None, world: World, device: torch.device
+) -> Corpus:
+    """The run's corpus, memory-mapped. Under torchrun one process per machine (local rank 0)
+    prepares it, or checks a prepared one's sha256s, while the others wait; then they map the
+    same shards. A mistake there stops every rank with its one line."""
+    corpus, error = None, None
+    if world.local_rank == 0:
+        try:
+            corpus = _open_corpus(data, tokenizer, checksums=True)
+        except QkvError as exc:
+            error = exc
+    if not distributed.all_ranks(error is None, world, device):
+        raise error or QkvError("the data could not be prepared (rank 0 of each machine says why)")
+    return corpus or _open_corpus(data, tokenizer, checksums=False)
+
+
+def _open_corpus(data: DataConfig, tokenizer: Tokenizer | None, checksums: bool) -> Corpus:
+    return prepare_corpus(
+        data.source,
+        data.val_fraction,
+        tokenizer,
+        kind=data.tokenizer,
+        vocab_size=data.vocab_size,
+        text_field=data.text_field,
+        checksums=checksums,
+    )
+
+
+def _with_corpus_tokenizer(data: DataConfig, tokenizer: Tokenizer) -> DataConfig:
+    """A prepared directory brings its tokenizer: the run's config records its kind, and a
+    --tokenizer that asks for another kind is an error rather than silently ignored."""
+    if not is_prepared(data.source):
+        return data
+    if data.tokenizer not in ("char", tokenizer.kind) or (
+        data.vocab_size is not None and data.vocab_size != tokenizer.vocab_size
+    ):
+        raise QkvError(
+            f"{data.source} was prepared with a {tokenizer.kind} tokenizer of "
+            f"{tokenizer.vocab_size} tokens; drop --tokenizer/--vocab-size (a prepared corpus "
+            "brings its own)"
+        )
+    return dataclasses.replace(data, tokenizer=tokenizer.kind, vocab_size=None)
 
 
 def _check_enough_data(corpus: Corpus, block_size: int, source: str) -> None:
