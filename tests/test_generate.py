@@ -117,12 +117,19 @@ def test_sampling_settings_change_what_is_drawn(trained_run):
     assert generated(trained_run.run_dir, "ROMEO:", 60, seed=4)[0] != draw[1]  # and the seed
 
 
-def test_num_samples_draws_the_samples_one_after_another_from_the_seed(cli, trained_run):
+def test_num_samples_are_one_batch_drawn_from_the_seed(cli, trained_run):
+    """`--num-samples M` decodes the M samples as one batch of M rows (one forward pass per
+    token for all of them), drawn from one seeded generator: what GPT.generate gives for
+    the prompt repeated M times."""
     run = trained_run.run_dir
     out = cli_sample(cli, run, "JULIET", "--max-new-tokens", 60, "--num-samples", 3, "--seed", 5)
-    samples = generated(run, "JULIET", 60, seed=5, count=3, temperature=0.8)
+    model, tokenizer = qkv.load(run)
+    generator = torch.Generator().manual_seed(5)
+    idx = torch.tensor([tokenizer.encode("JULIET")] * 3)
+    rows = model.generate(idx, 60, temperature=0.8, generator=generator)
+    samples = [tokenizer.decode(row.tolist()) for row in rows]
     assert out == SEPARATOR.join(sample + "\n" for sample in samples)
-    assert len(set(samples)) == 3  # each sample draws afresh
+    assert len(set(samples)) == 3  # each row draws afresh
 
 
 def test_temperature_zero_is_greedy_and_ignores_the_seed(cli, trained_run):

@@ -163,8 +163,10 @@ BLOCK_FIELDS = ("n_kv_head", "activation", "norm", "norm_type", "bias", "dropout
 
 
 def block_options(config: object) -> dict[str, object]:
-    """{option: value} of `BLOCK_FIELDS` from a model config, for `TransformerBlock`."""
-    return {name: getattr(config, name) for name in BLOCK_FIELDS}
+    """{option: value} of `BLOCK_FIELDS` from a model config, for `TransformerBlock`; a
+    field the config lacks (a kind written before the option existed) keeps the block's
+    default."""
+    return {name: getattr(config, name) for name in BLOCK_FIELDS if hasattr(config, name)}
 
 
 class TransformerBlock(nn.Module):
