@@ -98,7 +98,7 @@ def _data_errors(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "empty": (empty, f"{empty}: the text is empty"),
         "binary": (binary, f"{binary}: looks like a binary file (it contains NUL bytes), not text"),
         "invalid-utf8": (latin1, f"{latin1}: not valid UTF-8 (byte 3); convert it to UTF-8 first"),
-        "no-txt-dir": (no_txt, f"{no_txt}: the directory holds no .txt files"),
+        "no-txt-dir": (no_txt, f"{no_txt}: the directory holds no .txt, .jsonl or .parquet files"),
         "too-short": (
             short,
             f"{short}: the val split has 13 tokens, fewer than the context length + 1 = 17; "
