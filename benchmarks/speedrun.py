@@ -58,7 +58,15 @@ EXPERIMENTS: dict[str, list[str]] = {
     "wd0": ["train.weight_decay=0"],
     "rmsnorm": ["model.norm_type=rmsnorm"],
     "nanogpt-cpu": NANOGPT_CPU,
-}
+    # the first sweep's small winners together (benchmarks/LOG.md, second sweep)
+    "zero-softcap-trapezoid": [
+        "model.zero_init_proj=true", "model.logit_softcap=15", "train.schedule=trapezoid",
+    ],
+    "modern": [
+        "model.zero_init_proj=true", "model.logit_softcap=15", "train.schedule=trapezoid",
+        "model.tie_embeddings=false", "model.value_embeddings=true", "model.x0_mix=true",
+    ],
+}  # fmt: skip
 
 CURVE = {"qkv default": [], "nanoGPT CPU recipe": NANOGPT_CPU}
 BUDGETS = (75.0, 300.0, 1800.0)
