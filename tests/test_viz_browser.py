@@ -159,3 +159,45 @@ def test_clicking_a_query_shows_its_computation_with_the_models_numbers(
     # all heads at once has no single computation to show
     Select(browser.find_element(By.ID, "head-select")).select_by_value("all")
     assert browser.find_element(By.ID, "steps").get_attribute("hidden") is not None
+
+
+def test_the_over_training_slider_shows_each_recorded_steps_weights(
+    browser, cli, trained_run, tmp_path
+):
+    """`qkv attention --over-training`: moving the slider (arrow keys) shows the probe record
+    of that step, its heatmaps' weights and the head statistics under each of them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from qkv.viz.head_stats import head_stats
+    from qkv.viz.probe import read_records
+
+    page = tmp_path / "heads.html"
+    result = cli("attention", "--over-training", trained_run.run_dir, "--out", page)
+    assert result.code == 0, result.err
+    records = read_records(trained_run.run_dir)
+    assert len(records) >= 2
+
+    browser.get(page.as_uri())
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true"
+    slider = browser.find_element(By.ID, "step-slider")
+    for n, record in enumerate(records):
+        if n:
+            slider.send_keys(Keys.ARROW_RIGHT)
+        shown = browser.execute_script("return window.qkvOverTraining.shown()")
+        assert shown["step"] == record.step
+        weights = record.maps[0].weights  # (L, H, T, T)
+        np.testing.assert_allclose(np.array(shown["weights"]), weights, atol=1e-3)
+        label = browser.find_element(By.ID, "step-label").text
+        assert label == f"step {record.step} ({n + 1} of {len(records)})"
+        cells = browser.find_elements(By.CSS_SELECTOR, "#grid .cell")
+        assert len(cells) == weights.shape[0] * weights.shape[1]
+        entropy = head_stats(weights, record.maps[0].keys)["entropy"]
+        for cell in cells:
+            layer, head = (
+                int(cell.get_attribute("data-layer")),
+                int(cell.get_attribute("data-head")),
+            )
+            caption = cell.find_element(By.CLASS_NAME, "stats").text.split()
+            assert caption[0] == "H"
+            assert float(caption[1]) == pytest.approx(entropy[layer, head], abs=0.0051)

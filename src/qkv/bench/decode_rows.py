@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from qkv.bench.model_rows import hf_greedy
 from qkv.bench.plan import DecodeCase, Plan
 from qkv.bench.report import Row
 from qkv.bench.timing import _alternate, _fastest, _timed, _timer
@@ -57,20 +58,6 @@ def _models(case: DecodeCase, modes: tuple[str, ...], device: torch.device):
 
 def _greedy(model: nn.Module, prompt: Tensor, new: int) -> Callable[[], Tensor]:
     return lambda: model.generate(prompt, new, temperature=0)
-
-
-def _hf_greedy(hf: nn.Module, prompt: Tensor, new: int) -> Callable[[], Tensor]:
-    def run() -> Tensor:
-        return hf.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            do_sample=False,
-            max_new_tokens=new,
-            min_new_tokens=new,
-            pad_token_id=0,
-        )
-
-    return run
 
 
 def agreement(models: dict[str, nn.Module], prompt: Tensor, steps: int) -> dict[str, float]:
@@ -142,7 +129,7 @@ def bench_decoding(
 def _batch_rows(case, models, hf, prompt: Tensor, plan: Plan, floors: Floors, agree) -> list[Row]:
     new, batch, device = plan.decode_new_tokens, prompt.size(0), prompt.device
     sides = {mode: _timer(_greedy(m, prompt, new), device) for mode, m in models.items()}
-    sides["hf"] = _timer(_hf_greedy(hf, prompt, new), device)
+    sides["hf"] = _timer(hf_greedy(hf, prompt, new), device)
     _alternate(sides, 1)  # warm-up
     seconds = _fastest(_alternate(sides, plan.decode_rounds))
     rate = {side: batch * new / s for side, s in seconds.items()}

@@ -112,11 +112,10 @@ def bench_muon(plan: Plan, device: torch.device) -> list[Row]:
 # -- generation ------------------------------------------------------------------------------
 
 
-def _generators(model: GPT, hf: nn.Module, prompt: Tensor, new: int, use_cache: bool):
-    def ours() -> Tensor:
-        return model.generate(prompt, new, temperature=0, use_cache=use_cache)
+def hf_greedy(hf: nn.Module, prompt: Tensor, new: int, use_cache: bool = True) -> Callable:
+    """Hugging Face's greedy `generate` of exactly `new` tokens after `prompt`, as a call."""
 
-    def theirs() -> Tensor:
+    def run() -> Tensor:
         return hf.generate(
             prompt,
             attention_mask=torch.ones_like(prompt),
@@ -127,7 +126,14 @@ def _generators(model: GPT, hf: nn.Module, prompt: Tensor, new: int, use_cache: 
             pad_token_id=0,
         )
 
-    return ours, theirs
+    return run
+
+
+def _generators(model: GPT, hf: nn.Module, prompt: Tensor, new: int, use_cache: bool):
+    def ours() -> Tensor:
+        return model.generate(prompt, new, temperature=0, use_cache=use_cache)
+
+    return ours, hf_greedy(hf, prompt, new, use_cache)
 
 
 def bench_generation(plan: Plan, device: torch.device) -> list[Row]:

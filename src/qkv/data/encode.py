@@ -3,8 +3,9 @@
 - A byte-level BPE encodes a chunk as a batch of parts (`sub_chunks`, cut where cutting
   changes no id) through `tokenizers`' batch encoding, which runs in Rust on all cores.
 - A character tokenizer is a table lookup (`CharTokenizer.encode_array`); on a large corpus
-  chunks go to worker processes, a few at a time so memory stays bounded (Pool.imap would read
-  the whole corpus ahead), and come back in order.
+  chunks go to worker processes forked from a server that never imported torch, a few at a
+  time so memory stays bounded (Pool.imap would read the whole corpus ahead), and come back
+  in order.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import numpy as np
 
 from qkv.data.chunks import Boundary, Chunk, bpe_boundary, char_boundary, sub_chunks
 from qkv.tokenizer import BPETokenizer, CharTokenizer, Tokenizer
+from qkv.tokenizer import char as char_module
 
 PARALLEL_MIN = 64 << 20  # characters from which a character corpus goes to worker processes
 BATCH_PART = 1 << 16  # characters per part of a BPE batch
+WORKER_MODULE = "qkv.tokenizer.char"  # all a character worker imports
 
 
 class Encoded(NamedTuple):
@@ -81,27 +84,22 @@ def _encode_batched(tokenizer: Tokenizer, text: str, dtype: np.dtype) -> np.ndar
     return np.concatenate([np.asarray(part, dtype=dtype) for part in ids])
 
 
-_worker_tokenizer: CharTokenizer | None = None
-
-
-def _start_worker(chars: list[str]) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = CharTokenizer(chars)
-
-
-def _encode_in_worker(text: str, dtype: str) -> np.ndarray:
-    return _worker_tokenizer.encode_array(text).astype(dtype)
-
-
 def _in_workers(
     tokenizer: CharTokenizer, chunks: Iterable[Chunk], dtype: np.dtype, workers: int
 ) -> Iterator[Encoded]:
-    """Encode in `workers` spawned processes, at most 2 chunks each in flight."""
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
-    with context.Pool(workers, initializer=_start_worker, initargs=(tokenizer.chars,)) as pool:
+    """Encode in `workers` processes, at most 2 chunks each in flight.
+
+    The workers fork from a server that has imported only `qkv.tokenizer.char` (numpy, no
+    torch): forking the trainer itself would copy a process that holds threads, and spawning
+    would import torch again in every worker (seconds and hundreds of MB each).
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([WORKER_MODULE])
+    start, work = char_module.start_encoding_worker, char_module.encode_in_worker
+    with context.Pool(workers, initializer=start, initargs=(tokenizer.chars,)) as pool:
         pending: deque = deque()
         for chunk in chunks:
-            job = pool.apply_async(_encode_in_worker, (chunk.text, dtype.str))
+            job = pool.apply_async(work, (chunk.text, dtype.str))
             pending.append((chunk.split, chunk.end, utf8_size(chunk.text), job))
             if len(pending) >= 2 * workers:
                 split, end, nbytes, job = pending.popleft()

@@ -115,3 +115,19 @@ def characters_in(text: str) -> np.ndarray:
     """The distinct code points of `text` (a streaming pass unions these, chunk by chunk)."""
     codes = code_points(text)
     return np.flatnonzero(np.bincount(codes)) if codes.size else codes
+
+
+# -- worker processes: a large corpus is encoded in processes that import only this module --
+
+_worker_tokenizer: CharTokenizer | None = None
+
+
+def start_encoding_worker(chars: list[str]) -> None:
+    """A worker's initializer: the tokenizer it encodes every chunk with."""
+    global _worker_tokenizer
+    _worker_tokenizer = CharTokenizer(chars)
+
+
+def encode_in_worker(text: str, dtype: str) -> np.ndarray:
+    """`encode_array(text)` as `dtype`, in a worker started by `start_encoding_worker`."""
+    return _worker_tokenizer.encode_array(text).astype(dtype)
