@@ -46,8 +46,11 @@ def test_old_gpt_run_resumes_as_the_old_code_resumed_it(tmp_path: Path, cli) -> 
         str(r["step"]): r["train_loss"] for r in records if "train_loss" in r and r["step"] > 10
     }
     expected = EXPECTED["gpt_resumed_to_15"]
-    assert losses == pytest.approx(expected["train_loss"], rel=1e-6)
-    assert records[-1]["val_loss"] == pytest.approx(expected["val_loss_15"], rel=1e-6)
+    # The figures were recorded on one CPU; another's matmul kernels round differently, and the
+    # difference grows step by step (3e-6 relative by step 14 on CI's machine). A resume that
+    # loses the optimizer's moments or the data position is off by far more than 1e-4.
+    assert losses == pytest.approx(expected["train_loss"], rel=1e-4)
+    assert records[-1]["val_loss"] == pytest.approx(expected["val_loss_15"], rel=1e-4)
 
 
 def _seq2seq_inputs(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
