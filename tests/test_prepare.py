@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +112,15 @@ def test_a_character_corpus_encodes_the_same_in_worker_processes(
     corpus = open_prepared(out)
     assert np.asarray(corpus.train).tolist() == train
     assert np.asarray(corpus.val).tolist() == val
+
+
+def test_the_qkv_command_imports_no_torch_before_its_verb_runs():
+    # Every worker re-imports the program's main module; for `qkv` that is the script, whose
+    # one import is its entry point. That import alone must leave torch out of a worker.
+    (script,) = entry_points(group="console_scripts", name="qkv")
+    check = f"import sys, {script.module}; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_encode_array_equals_encode_and_names_an_unknown_character():

@@ -1,7 +1,9 @@
-"""`python -m qkv` is the same as the `qkv` command."""
+"""`python -m qkv` is the same as the `qkv` command (a worker that re-imports this file as
+`__mp_main__` runs none of it, as qkv.command explains)."""
 
 import sys
 
-from qkv.cli import main
+if __name__ == "__main__":
+    from qkv.command import main
 
-sys.exit(main())
+    sys.exit(main())

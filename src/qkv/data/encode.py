@@ -91,7 +91,10 @@ def _in_workers(
 
     The workers fork from a server that has imported only `qkv.tokenizer.char` (numpy, no
     torch): forking the trainer itself would copy a process that holds threads, and spawning
-    would import torch again in every worker (seconds and hundreds of MB each).
+    would import torch again in every worker (seconds and hundreds of MB each). Each worker
+    also re-imports the program's main module, as every multiprocessing child does: under the
+    `qkv` command that is its script, which imports only qkv.command; a program of your own
+    that imports torch at its top gives each worker torch too.
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([WORKER_MODULE])
