@@ -76,6 +76,11 @@ BUDGETS = (75.0, 300.0, 1800.0)
 NO_STEP_LIMIT = ["train.max_steps=1000000000"]
 
 
+def run_overrides(overrides: list[str]) -> list[str]:
+    """What a run sets on top of qkv's defaults: no step limit, then the recipe's own."""
+    return [*NO_STEP_LIMIT, *overrides]
+
+
 def run(command: list[str]) -> str:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -87,7 +92,7 @@ def measure(overrides: list[str], data: str, budget: float, seed: int, out: Path
     """One training run and its full evaluation: val loss, steps, tokens/s, its eval curve."""
     qkv = [sys.executable, "-m", "qkv"]
     train = [*qkv, "train", "--data", data, "--max-time", str(budget), "--seed", str(seed)]
-    flags = ["--out", str(out), "--overwrite", "--no-progress", *NO_STEP_LIMIT, *overrides]
+    flags = ["--out", str(out), "--overwrite", "--no-progress", *run_overrides(overrides)]
     train_out = run([*train, *flags])
     eval_out = run([*qkv, "eval", "--checkpoint", str(out)])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -223,3 +223,13 @@ def test_every_speedrun_experiment_is_a_valid_config_and_nanogpt_is_rebuilt_fait
     assert (nano.train.optimizer, nano.train.lr, nano.train.min_lr) == ("adamw", 1e-3, 1e-4)
     assert nano.model.positional == "learned" and nano.model.bias is False
     assert nano.train.schedule == "cosine"
+
+
+def test_only_the_clock_ends_a_speedrun_run():
+    from qkv.config import load_config
+
+    speedrun = load_speedrun()
+    fastest = 1_000  # steps a second: more than any recipe makes on a CPU
+    for overrides in speedrun.CURVE.values():
+        config = load_config(None, speedrun.run_overrides(overrides))
+        assert config.train.schedule_steps > max(speedrun.BUDGETS) * fastest
