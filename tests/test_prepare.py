@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_text
 from qkv.data import encode, shards
 from qkv.data.chunks import bpe_boundary, chunks
 from qkv.data.dataset import open_prepared, prepare_corpus
 from qkv.data.prepare import Request, prepare
+from qkv.data.sampler import BatchSampler, eval_windows
 from qkv.data.shards import MANIFEST, PROGRESS, TokenShards
 from qkv.errors import QkvError
 from qkv.tokenizer import BPETokenizer, CharTokenizer
@@ -147,6 +149,37 @@ def test_token_shards_read_as_one_sequence():
         assert np.array_equal(ids[a:b], whole[a:b])
     assert ids[-1] == whole[-1] and ids[6] == whole[6]
     assert np.array_equal(np.asarray(ids), whole)
+
+
+def resident_kb(directory: Path) -> int:
+    """KB of this process's resident set in mappings of files under `directory`."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5].startswith(str(directory))
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_batches_leave_no_shard_page_in_the_resident_set(varied_file, tmp_path):
+    # A mapped page counts in the process's RSS until it is unmapped: without release_pages
+    # a long run on a large corpus grows its resident set towards the size of the shards.
+    path, _ = varied_file
+    out = prepare(Request(str(path)), tmp_path / "p", shard_tokens=4000, chunk_chars=1500)
+    corpus = open_prepared(out)
+    in_memory = np.array(corpus.train)  # a copy, not a map
+    mapped = BatchSampler(corpus.train, block_size=64, batch_size=8, seed=0)
+    copied = BatchSampler(in_memory, block_size=64, batch_size=8, seed=0)
+    for _ in range(3):
+        assert torch.equal(mapped.next_batch()[0], copied.next_batch()[0])  # still readable
+        assert resident_kb(out) == 0
+    val_copy = np.array(corpus.val)
+    pairs = zip(eval_windows(corpus.val, 64, 4), eval_windows(val_copy, 64, 4), strict=True)
+    for (inputs, _), (expected, _) in pairs:
+        assert torch.equal(inputs, expected) and resident_kb(out) == 0
 
 
 def test_manifest_records_the_split_and_every_shard(varied_file, tmp_path):

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from qkv.data.shards import release_pages
+
 
 class BatchSampler:
     """Random windows from a 1-D id array, drawn from its own seeded generator.
@@ -53,6 +55,7 @@ class BatchSampler:
         starts = torch.randint(len(self.ids) - t, size, generator=self.generator)
         starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         windows = np.stack([self.ids[s : s + t + 1] for s in starts.tolist()])  # (B, T + 1)
+        release_pages(self.ids)
         batch = torch.from_numpy(windows.astype(np.int64))
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -85,5 +88,6 @@ def eval_windows(
 
 def _windows(ids: np.ndarray, starts: list[int], length: int) -> tuple[Tensor, Tensor]:
     windows = np.stack([ids[s : s + length + 1] for s in starts])  # (B, length + 1)
+    release_pages(ids)
     batch = torch.from_numpy(windows.astype(np.int64))
     return batch[:, :-1], batch[:, 1:]
