@@ -13,6 +13,7 @@ from qkv.checkpoint import load_trainer_state
 from qkv.config import GPTConfig, TrainConfig
 from qkv.errors import QkvError
 from qkv.models.gpt import GPT
+from qkv.training import optim
 from qkv.training.optim import GroupedMuon, MuonWithAdamW, hidden_matrices, make_optimizer
 from test_train import overfit
 
@@ -127,7 +128,10 @@ def test_state_dict_round_trip_continues_identically():
 
 @pytest.mark.parametrize("adjust_lr_fn", ["match_rms_adamw", "original"])
 @pytest.mark.parametrize("nesterov", [True, False])
-def test_grouped_muon_steps_as_torch_muon_does(adjust_lr_fn, nesterov):
+def test_grouped_muon_steps_as_torch_muon_does(adjust_lr_fn, nesterov, monkeypatch):
+    # torch.optim.Muon runs Newton-Schulz in bfloat16 on every device; ours does on
+    # accelerators (on CPUs in float32, tested below), so here it runs as on a GPU
+    monkeypatch.setattr(optim, "newton_schulz_dtype", lambda device: torch.bfloat16)
     # shapes as in a block (tall, square, wide, the FFN's pair shares a group) and a loner
     shapes = [(96, 32), (32, 32), (128, 32), (32, 128)] * 2 + [(24, 10)]
     torch.manual_seed(0)
@@ -153,6 +157,21 @@ def test_grouped_muon_steps_as_torch_muon_does(adjust_lr_fn, nesterov):
         torch.testing.assert_close(
             saved["momentum_buffer"], reference_state["state"][i]["momentum_buffer"]
         )
+
+
+def test_newton_schulz_runs_in_float32_on_a_cpu():
+    # bfloat16 matmuls are emulated, 20x slower, on CPUs without bfloat16 arithmetic (AVX2)
+    torch.manual_seed(0)
+    updates = torch.randn(3, 24, 40)
+    coefficients = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults
+    got = optim.orthogonalise(updates, coefficients, steps=5, eps=1e-7)
+    x = updates.double() / updates.double().norm(dim=(-2, -1), keepdim=True)
+    a, b, c = coefficients
+    for _ in range(5):  # the same iteration in float64, written out
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), x, rtol=0, atol=1e-5)  # bfloat16 is ~1e-2 off
 
 
 def test_the_muon_of_make_optimizer_groups_its_matrices():
