@@ -59,6 +59,15 @@ EXPERIMENTS: dict[str, list[str]] = {
     "wd0": ["train.weight_decay=0"],
     "rmsnorm": ["model.norm_type=rmsnorm"],
     "nanogpt-cpu": NANOGPT_CPU,
+    # fourth sweep: the shape and the schedule at today's tokens/s (benchmarks/LOG.md)
+    "eval-every-1000": ["train.eval_interval=1000"],
+    "block128": ["model.block_size=128"],
+    "batch24": ["train.batch_size=24"],
+    "batch32": ["train.batch_size=32"],
+    "lr4.5e-3": ["train.lr=4.5e-3"],
+    "lr2e-3": ["train.lr=2e-3"],
+    "layers4": ["model.n_layer=4"],
+    "width128": ["model.n_embd=128", "model.n_head=4"],
     # the first sweep's small winners together (benchmarks/LOG.md, second sweep)
     "zero-softcap-trapezoid": [
         "model.zero_init_proj=true", "model.logit_softcap=15", "train.schedule=trapezoid",
