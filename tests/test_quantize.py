@@ -16,7 +16,13 @@ from qkv.config import GPTConfig
 from qkv.config.choices import EOS_ID
 from qkv.data.pairs import pad
 from qkv.decoding import beam_search, greedy_decode
-from qkv.decoding.quantize import Int8Linear, quantize, weight_bytes
+from qkv.decoding.quantize import (
+    DynamicInt8Linear,
+    Int8Linear,
+    _integer_kernel_runs,
+    quantize,
+    weight_bytes,
+)
 from qkv.decoding.sampling import Sampling, stream_samples
 from qkv.evaluate import EvalOptions, evaluate_language_model
 from qkv.models.gpt import GPT
@@ -46,10 +52,25 @@ def test_int8_puts_every_linear_layer_in_int8_and_quarters_the_bytes():
     names, before = linears(model), weight_bytes(model)
     quantize(model, "int8")
     assert linears(model) == []
+    assert [n for n, m in model.named_modules() if isinstance(m, DynamicInt8Linear)] == names
+    assert model.transformer.wte.weight.dtype == torch.float32  # read one row per token
+    assert model.lm_head.dequantized()[0].shape == (64, 64)  # the tied head got its own copy
+    assert 3.7 < before / weight_bytes(model) <= 4.0  # 1 byte a weight, 4 a row's scale
+
+
+def test_without_the_integer_kernel_int8_runs_bfloat16_activations(monkeypatch):
+    monkeypatch.setattr("qkv.decoding.quantize._integer_kernel_runs", lambda model: False)
+    model = gpt()
+    names, before = linears(model), weight_bytes(model)
+    quantize(model, "int8")
     assert [n for n, m in model.named_modules() if isinstance(m, Int8Linear)] == names
-    assert model.transformer.wte.weight.dtype == torch.bfloat16  # read one row per token
-    assert model.lm_head.qdata.dtype == torch.int8  # the tied head got its own int8 copy
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    assert model.lm_head.qdata.dtype == torch.int8
     assert 3.9 < before / weight_bytes(model) <= 4.0  # 1 byte a weight, 2 a row's scale
+
+
+def test_the_integer_kernel_runs_on_this_cpu():
+    assert _integer_kernel_runs(gpt())  # else int8 on CPUs silently takes the slow path
 
 
 def test_bf16_halves_the_bytes_and_keeps_rotary_complex():
@@ -62,19 +83,38 @@ def test_bf16_halves_the_bytes_and_keeps_rotary_complex():
     assert rotations.is_complex()  # Module.to(bfloat16) would have dropped its imaginary part
 
 
-def test_int8_linear_is_its_equation_and_within_half_a_step_of_the_weights():
+def one_layer(quantized: bool = True) -> tuple[nn.Module, nn.Linear]:
     torch.manual_seed(0)
     linear = nn.Linear(64, 48)
     reference = copy.deepcopy(linear)
     model = nn.Sequential(linear)
-    quantize(model, "int8")
-    layer = model[0]
-    q, s = layer.qdata.float(), layer.scale.float()  # (N, K), (N,)
+    if quantized:
+        quantize(model, "int8")
+    return model[0], reference
+
+
+def test_int8_weights_are_within_half_a_step_of_float32():
+    layer, reference = one_layer()
+    weight, bias = layer.dequantized()  # q s: (N, K)
     step = reference.weight.detach().abs().amax(dim=1) / 127  # one int8 step of each row
-    assert ((q * s[:, None] - reference.weight.detach()).abs() <= step[:, None]).all()
+    assert ((weight - reference.weight.detach()).abs() <= step[:, None] / 2 + 1e-7).all()
+    assert torch.equal(bias, reference.bias.detach())
+
+
+def test_int8_linear_is_its_equation():
+    # y = s_x s_n (x_q q^T) + b, with x quantized per call: recomputed here in float64 from
+    # the stored int8 weights and the input's own scale and zero (7-bit on x86).
+    layer, reference = one_layer()
     x = torch.randn(3, 5, 64)
-    expected = (x.bfloat16().float() @ (q * s[:, None]).T) + layer.bias.float()
-    assert relative_error(layer(x), expected) < 1e-2  # bfloat16 output rounding
+    weight, bias = layer.dequantized()
+    levels = 127 if layer.reduce_range else 255
+    low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    scale = (high - low) / levels
+    zero = round(-low / scale)
+    x_q = (torch.round(x.double() / scale) + zero).clamp(0, levels)
+    expected = ((x_q - zero) * scale) @ weight.double().T + bias.double()
+    assert relative_error(layer(x), expected) < 1e-3
+    assert layer(x).dtype == torch.float32 and layer(x).shape == (3, 5, 48)
     assert relative_error(layer(x), reference(x)) < 2e-2
 
 
@@ -84,7 +124,7 @@ def test_logits_stay_close_to_float32(mode, tolerance):
     ids = torch.randint(0, CONFIG.vocab_size, (2, 20), generator=torch.Generator().manual_seed(1))
     expected, _ = model(ids)
     logits, _ = quantize(copy.deepcopy(model), mode)(ids)
-    assert logits.dtype == torch.bfloat16
+    assert logits.dtype == (torch.float32 if mode == "int8" else torch.bfloat16)
     error = relative_error(logits, expected)
     assert 0 < error < tolerance, error
 

@@ -43,8 +43,8 @@ def add_quantize(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize",
         metavar="int8|bf16|int4",
-        help="weights in int8 or int4 (torchao; activations in bfloat16) or all in bfloat16: "
-        "fewer bytes read per token, faster decoding (default: float32)",
+        help="weights in int8 (torchao; on a CPU torch's integer kernel) or int4, or all in "
+        "bfloat16: fewer bytes read per token, faster decoding (default: float32)",
     )
 
 
