@@ -66,6 +66,7 @@ EXPERIMENTS: dict[str, list[str]] = {
     "batch32": ["train.batch_size=32"],
     "lr4.5e-3": ["train.lr=4.5e-3"],
     "lr2e-3": ["train.lr=2e-3"],
+    "eval1000-lr4.5e-3": ["train.eval_interval=1000", "train.lr=4.5e-3"],
     "layers4": ["model.n_layer=4"],
     "width128": ["model.n_embd=128", "model.n_head=4"],
     # the first sweep's small winners together (benchmarks/LOG.md, second sweep)
