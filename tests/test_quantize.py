@@ -83,13 +83,13 @@ def test_bf16_halves_the_bytes_and_keeps_rotary_complex():
     assert rotations.is_complex()  # Module.to(bfloat16) would have dropped its imaginary part
 
 
-def one_layer(quantized: bool = True) -> tuple[nn.Module, nn.Linear]:
+def one_layer() -> tuple[nn.Module, nn.Linear]:
+    """A 64 -> 48 linear layer quantized to int8, and a float32 copy of it from before."""
     torch.manual_seed(0)
     linear = nn.Linear(64, 48)
     reference = copy.deepcopy(linear)
     model = nn.Sequential(linear)
-    if quantized:
-        quantize(model, "int8")
+    quantize(model, "int8")
     return model[0], reference
 
 
@@ -115,6 +115,19 @@ def test_int8_linear_is_its_equation():
     expected = ((x_q - zero) * scale) @ weight.double().T + bias.double()
     assert relative_error(layer(x), expected) < 1e-3
     assert layer(x).dtype == torch.float32 and layer(x).shape == (3, 5, 48)
+    assert relative_error(layer(x), reference(x)) < 2e-2
+
+
+def test_the_bfloat16_int8_layer_is_its_equation(monkeypatch):
+    # The fallback without the integer kernel: y = (x q^T) s + b with x in bfloat16.
+    monkeypatch.setattr("qkv.decoding.quantize._integer_kernel_runs", lambda model: False)
+    layer, reference = one_layer()
+    q, s = layer.qdata.float(), layer.scale.float()  # (N, K), (N,)
+    step = reference.weight.detach().abs().amax(dim=1) / 127  # one int8 step of each row
+    assert ((q * s[:, None] - reference.weight.detach()).abs() <= step[:, None]).all()
+    x = torch.randn(3, 5, 64)
+    expected = (x.bfloat16().float() @ (q * s[:, None]).T) + layer.bias.float()
+    assert relative_error(layer(x), expected) < 1e-2  # bfloat16 output rounding
     assert relative_error(layer(x), reference(x)) < 2e-2
 
 
