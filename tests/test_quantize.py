@@ -2,6 +2,7 @@
 quality; batched samples; --quantize on the command line."""
 
 import copy
+import io
 import re
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ from qkv.data.pairs import pad
 from qkv.decoding import beam_search, greedy_decode
 from qkv.decoding.quantize import (
     DynamicInt8Linear,
+    FbgemmInt8Linear,
     Int8Linear,
-    _integer_kernel_runs,
+    _integer_layer,
     quantize,
     weight_bytes,
 )
@@ -52,14 +54,14 @@ def test_int8_puts_every_linear_layer_in_int8_and_quarters_the_bytes():
     names, before = linears(model), weight_bytes(model)
     quantize(model, "int8")
     assert linears(model) == []
-    assert [n for n, m in model.named_modules() if isinstance(m, DynamicInt8Linear)] == names
+    assert [n for n, m in model.named_modules() if isinstance(m, FbgemmInt8Linear)] == names
     assert model.transformer.wte.weight.dtype == torch.float32  # read one row per token
     assert model.lm_head.dequantized()[0].shape == (64, 64)  # the tied head got its own copy
     assert 3.7 < before / weight_bytes(model) <= 4.0  # 1 byte a weight, 4 a row's scale
 
 
 def test_without_the_integer_kernel_int8_runs_bfloat16_activations(monkeypatch):
-    monkeypatch.setattr("qkv.decoding.quantize._integer_kernel_runs", lambda model: False)
+    monkeypatch.setattr("qkv.decoding.quantize._integer_layer", lambda model: None)
     model = gpt()
     names, before = linears(model), weight_bytes(model)
     quantize(model, "int8")
@@ -69,8 +71,13 @@ def test_without_the_integer_kernel_int8_runs_bfloat16_activations(monkeypatch):
     assert 3.9 < before / weight_bytes(model) <= 4.0  # 1 byte a weight, 2 a row's scale
 
 
-def test_the_integer_kernel_runs_on_this_cpu():
-    assert _integer_kernel_runs(gpt())  # else int8 on CPUs silently takes the slow path
+def test_fbgemms_integer_kernel_runs_on_this_cpu():
+    assert _integer_layer(gpt()) is FbgemmInt8Linear  # else int8 silently runs slower
+
+
+def test_without_fbgemms_op_int8_runs_the_quantized_engine(monkeypatch):
+    monkeypatch.delattr(torch, "fbgemm_linear_int8_weight_fp32_activation")
+    assert _integer_layer(gpt()) is DynamicInt8Linear
 
 
 def test_bf16_halves_the_bytes_and_keeps_rotary_complex():
@@ -83,45 +90,83 @@ def test_bf16_halves_the_bytes_and_keeps_rotary_complex():
     assert rotations.is_complex()  # Module.to(bfloat16) would have dropped its imaginary part
 
 
-def one_layer() -> tuple[nn.Module, nn.Linear]:
-    """A 64 -> 48 linear layer quantized to int8, and a float32 copy of it from before."""
+INTEGER_LAYERS = [FbgemmInt8Linear, DynamicInt8Linear]
+
+
+def one_layer(kind: type[nn.Module] = FbgemmInt8Linear, linear: nn.Linear | None = None):
+    """A 64 -> 48 linear layer quantized to int8 as `kind`, and a float32 copy from before."""
     torch.manual_seed(0)
-    linear = nn.Linear(64, 48)
+    linear = linear or nn.Linear(64, 48)
     reference = copy.deepcopy(linear)
     model = nn.Sequential(linear)
-    quantize(model, "int8")
+    with pytest.MonkeyPatch.context() as patch:
+        integer = None if kind is Int8Linear else kind  # Int8Linear: no integer kernel
+        patch.setattr("qkv.decoding.quantize._integer_layer", lambda model: integer)
+        quantize(model, "int8")
+    assert type(model[0]) is kind
     return model[0], reference
 
 
-def test_int8_weights_are_within_half_a_step_of_float32():
-    layer, reference = one_layer()
+@pytest.mark.parametrize(("kind", "levels"), [(FbgemmInt8Linear, 63.5), (DynamicInt8Linear, 127)])
+def test_int8_weights_are_within_half_a_step_of_float32(kind, levels):
+    # fbgemm's weights have 7 bits (q in [-64, 63]: step amax / 63.5), the engine's 8
+    layer, reference = one_layer(kind)
     weight, bias = layer.dequantized()  # q s: (N, K)
-    step = reference.weight.detach().abs().amax(dim=1) / 127  # one int8 step of each row
+    step = reference.weight.detach().abs().amax(dim=1) / levels  # one step of each row
     assert ((weight - reference.weight.detach()).abs() <= step[:, None] / 2 + 1e-7).all()
     assert torch.equal(bias, reference.bias.detach())
 
 
-def test_int8_linear_is_its_equation():
-    # y = s_x s_n (x_q q^T) + b, with x quantized per call: recomputed here in float64 from
-    # the stored int8 weights and the input's own scale and zero (7-bit on x86).
-    layer, reference = one_layer()
-    x = torch.randn(3, 5, 64)
+def integer_equation(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """y = s_x (x_q - z) (q s)^T + b in float64, x quantized with its own range (held to
+    include 0) to `layer.input_levels` + 1 levels, as the integer kernels do per call."""
     weight, bias = layer.dequantized()
-    levels = 127 if layer.reduce_range else 255
+    levels = layer.input_levels
     low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
     scale = (high - low) / levels
     zero = round(-low / scale)
     x_q = (torch.round(x.double() / scale) + zero).clamp(0, levels)
-    expected = ((x_q - zero) * scale) @ weight.double().T + bias.double()
-    assert relative_error(layer(x), expected) < 1e-3
+    return ((x_q - zero) * scale) @ weight.double().T + bias.double()
+
+
+@pytest.mark.parametrize("kind", INTEGER_LAYERS)
+def test_int8_linear_is_its_equation(kind):
+    layer, reference = one_layer(kind)
+    x = torch.randn(3, 5, 64)
+    assert relative_error(layer(x), integer_equation(layer, x)) < 1e-3
     assert layer(x).dtype == torch.float32 and layer(x).shape == (3, 5, 48)
     assert relative_error(layer(x), reference(x)) < 2e-2
 
 
-def test_the_bfloat16_int8_layer_is_its_equation(monkeypatch):
+def test_fbgemms_sums_do_not_saturate_at_the_extremes():
+    # AVX2 adds pairs of u8 x s8 products in 16 bits: with every input at the top of its
+    # range (x_q = 255) and every weight at the end of its own, 8-bit weights would sum
+    # 2 x 255 x 127 > 32,767 and clip; 7-bit ones (2 x 255 x 64) stay exact.
+    linear = nn.Linear(64, 48)
+    with torch.no_grad():
+        signs = torch.where(torch.arange(48) % 2 == 0, 1.0, -1.0)
+        linear.weight.copy_(signs[:, None].expand(48, 64))  # rows of +1 and of -1
+    layer, _ = one_layer(FbgemmInt8Linear, linear)
+    x = torch.ones(2, 64)
+    x[:, 0] = -1.0  # the range holds 0: every other input quantizes to 255
+    assert relative_error(layer(x), integer_equation(layer, x)) < 1e-3
+
+
+def test_a_quantized_model_survives_copy_and_pickle():
+    # fbgemm's packed matrix cannot be copied: copies repack from the int8 weights
+    model = quantize(gpt(), "int8")
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2))
+    expected, _ = model(ids)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        assert torch.equal(twin(ids)[0], expected)
+
+
+def test_the_bfloat16_int8_layer_is_its_equation():
     # The fallback without the integer kernel: y = (x q^T) s + b with x in bfloat16.
-    monkeypatch.setattr("qkv.decoding.quantize._integer_kernel_runs", lambda model: False)
-    layer, reference = one_layer()
+    layer, reference = one_layer(Int8Linear)
     q, s = layer.qdata.float(), layer.scale.float()  # (N, K), (N,)
     step = reference.weight.detach().abs().amax(dim=1) / 127  # one int8 step of each row
     assert ((q * s[:, None] - reference.weight.detach()).abs() <= step[:, None]).all()

@@ -15,19 +15,22 @@ int8/int4 weight-only decoding) and llama.cpp (quantized CPU decoding) are built
 `quantize(model, mode)` changes a GPT or an encoder-decoder in place and returns it:
 
 - "bf16": every floating-point weight and activation in bfloat16.
-- "int8": int8 weights with one scale per output row. torchao (PyTorch's quantization
-  library) quantizes each linear layer (`Int8WeightOnlyConfig`: symmetric, W ~ s_n q_nk with
-  q in [-128, 127]). In eager mode its int8 tensor multiplies by casting the whole weight back
-  to float at every call (it leaves fusing that to torch.compile), which is slower than
-  float32 on a CPU, and so is its dynamic-activation config. So on a CPU the layers it
-  quantized run torch's own integer kernel (fbgemm on x86, qnnpack on ARM:
-  `quantized::linear_dynamic`, `DynamicInt8Linear`): each call quantizes its input to 8 bits
-  with one scale, multiplies in integers and rescales, and the rest of the model stays in
-  float32. On a 2-core AVX2 EPYC it ran a 768x3072 layer 3.0x faster than float32 on one
-  thread, where `torch._weight_int8pack_mm` (int8 weights, bfloat16 activations, which AVX2
-  emulates) ran 1.2x; that kernel (`Int8Linear`, with the model in bfloat16) is the CPU path
-  when the integer kernel is missing from the torch build. On a GPU: torchao's int8 tensor,
-  the model in bfloat16.
+- "int8": int8 weights with one scale per output row (W ~ s_n q_nk, symmetric). On a CPU
+  each layer runs one of torch's integer kernels, which quantize the float32 input to 8 bits
+  at every call, multiply in integers and rescale; the rest of the model stays in float32.
+  On x86 that is fbgemm's `fbgemm_linear_int8_weight_fp32_activation` (`FbgemmInt8Linear`),
+  with weights of 7 bits (q in [-64, 63], stored in int8), because AVX2 sums pairs of 8-bit
+  products in 16 bits: 2 x 255 x 64 fits, 2 x 255 x 128 saturates. At batch 1 it costs
+  about 20 us a call, where `quantized::linear_dynamic` (8-bit weights, 7-bit inputs;
+  `DynamicInt8Linear`, the path on ARM's qnnpack and where the fbgemm op is missing) costs
+  40-45 us for the same 384 x 1152 layer on a 2-core AVX2 EPYC: the difference between 2x
+  and 3x Hugging Face's float32 decoding at 6 layers x 384. torchao (PyTorch's
+  quantization library) quantizes: its `Int8WeightOnlyConfig` for the 8-bit weights, its
+  affine primitives for the 7-bit ones. Its own int8 tensor casts the whole weight back to
+  float at every call in eager mode (it leaves fusing that to torch.compile), slower than
+  float32 on a CPU; it is the path on GPUs, the model in bfloat16. Without an integer
+  kernel in the torch build, `torch._weight_int8pack_mm` runs the int8 weights with
+  bfloat16 activations (`Int8Linear`, slow where AVX2 emulates bfloat16).
 - "int4": torchao's CPU int4 weight-only path (`PrototypeInt4WeightOnlyConfig`, asymmetric,
   a scale and zero per group of 32-128 inputs, torch's `_weight_int4pack_mm_for_cpu`). Its
   kernel takes outputs in multiples of 16, so a head of 50257 gets zero rows up to 50272 that
@@ -45,13 +48,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.decoding.int8_layers import DynamicInt8Linear, FbgemmInt8Linear, Int8Linear
 from qkv.errors import QkvError
 
 MODES = ("int8", "bf16", "int4")
@@ -68,9 +71,10 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
         raise QkvError("int4 runs on CPUs only (torchao's CPU int4 kernel); use int8 or bf16")
     if mode != "bf16":
         _torchao()  # before the model changes: without torchao it is left as it was
-    if mode == "int8" and _integer_kernel_runs(model):
+    integer_layer = _integer_layer(model) if mode == "int8" else None
+    if integer_layer is not None:
         with _quiet():
-            _int8_weights(model.eval(), DynamicInt8Linear)
+            _int8_weights(model.eval(), integer_layer)
         return model
     model.eval()._apply(_to_bfloat16)
     with _quiet():
@@ -85,66 +89,6 @@ def _to_bfloat16(tensor: Tensor) -> Tensor:
     """Floating-point tensors to bfloat16; others (ids, rotary's complex table) unchanged
     (`Module.to(dtype)` would drop the imaginary part of a complex buffer)."""
     return tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
-
-
-class Int8Linear(nn.Module):
-    """y = (x q^T) * s + b: int8 weights q (N, K) with a scale s_n per output row.
-
-    x may have any leading dimensions, (..., K) -> (..., N); it is computed in bfloat16, the
-    dtype torch's int8 kernel is fast in on CPUs (its float32 path is not).
-    """
-
-    def __init__(self, qdata: Tensor, scale: Tensor, bias: Tensor | None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = qdata.shape
-        self.register_buffer("qdata", qdata.contiguous())  # (N, K) int8
-        self.register_buffer("scale", scale.reshape(-1).to(torch.bfloat16).contiguous())  # (N,)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
-
-    def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features).to(self.scale.dtype).contiguous()  # (M, K)
-        y = torch._weight_int8pack_mm(flat, self.qdata, self.scale)  # (M, N)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
-
-
-class DynamicInt8Linear(nn.Module):
-    """y = s_x s_n (x_q q^T) + b: int8 weights q (N, K) with a scale s_n per output row, and
-    the float32 input x (..., K) quantized as it comes, x ~ s_x (x_q - z) with one scale and
-    zero per call, 7-bit on x86 (`reduce_range`: AVX2's 8-bit multiply-adds saturate in 16
-    bits otherwise). Integer products summed in int32 by torch's `quantized::linear_dynamic`
-    (fbgemm on x86, qnnpack on ARM; Jacob et al., 2018), (..., K) -> (..., N), float32 out.
-    """
-
-    def __init__(self, qdata: Tensor, scale: Tensor, bias: Tensor | None) -> None:
-        super().__init__()
-        self.out_features, self.in_features = qdata.shape
-        scales = scale.reshape(-1).double()  # (N,)
-        zeros = torch.zeros(self.out_features, dtype=torch.long)  # symmetric: no zero point
-        with warnings.catch_warnings():  # torch marks its quantized dtypes as deprecated
-            warnings.simplefilter("ignore", UserWarning)
-            weight = torch._make_per_channel_quantized_tensor(qdata.cpu(), scales, zeros, 0)
-        bias = None if bias is None else bias.detach().float()
-        self.packed = torch.ops.quantized.linear_prepack(weight, bias)
-        self.reduce_range = torch.backends.quantized.engine in ("x86", "fbgemm")
-
-    def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features)  # (M, K), float32 as the model is
-        # .default: the overload named up front, not looked up at each call (~5 us a layer)
-        y = torch.ops.quantized.linear_dynamic.default(flat, self.packed, self.reduce_range)
-        return y.view(*x.shape[:-1], self.out_features)  # (..., N)
-
-    def dequantized(self) -> tuple[Tensor, Tensor | None]:
-        """The int8 weights as float, q s (N, K), and the bias: what the kernel multiplies by."""
-        weight, bias = torch.ops.quantized.linear_unpack(self.packed)
-        return weight.dequantize(), bias
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 x int8"
 
 
 @contextlib.contextmanager
@@ -187,17 +131,27 @@ def _int8_weights(model: nn.Module, cpu_layer: type[nn.Module]) -> None:
     torchao = _torchao()
     config = torchao.quantization.Int8WeightOnlyConfig()
     for owner, name, linear in _quantizable(model):
+        if cpu_layer is FbgemmInt8Linear and linear.weight.device.type == "cpu":
+            setattr(owner, name, FbgemmInt8Linear.from_float(linear.weight, linear.bias))
+            continue
         torchao.quantization.quantize_(linear, config)  # linear.weight becomes an Int8Tensor
         weight = linear.weight
         if weight.device.type == "cpu":
             setattr(owner, name, cpu_layer(weight.qdata, weight.scale, linear.bias))
 
 
-def _integer_kernel_runs(model: nn.Module) -> bool:
-    """True when `model` is on a CPU and this torch build has an integer linear kernel."""
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+def _integer_layer(model: nn.Module) -> type[nn.Module] | None:
+    """The integer int8 layer for `model`: fbgemm's where this torch build and CPU have it,
+    else torch's quantized engine's; None off CPUs or without either."""
+    if not all(p.device.type == "cpu" for p in model.parameters()):
+        return None
+    fbgemm = hasattr(torch, "fbgemm_linear_int8_weight_fp32_activation")
+    if fbgemm and "fbgemm" in torch.backends.quantized.supported_engines:
+        return FbgemmInt8Linear
     engines = {"x86", "fbgemm", "qnnpack"} & set(torch.backends.quantized.supported_engines)
-    return on_cpu and bool(engines) and hasattr(torch.ops.quantized, "linear_dynamic")
+    if engines and hasattr(torch.ops.quantized, "linear_dynamic"):
+        return DynamicInt8Linear
+    return None
 
 
 def _int4_weights(model: nn.Module) -> None:
@@ -245,7 +199,7 @@ def weight_bytes(model: nn.Module) -> int:
     for module in model.modules():
         if isinstance(module, Int8Linear):
             total += module.qdata.numel() + 2 * module.scale.numel()
-        elif isinstance(module, DynamicInt8Linear):
+        elif isinstance(module, (DynamicInt8Linear, FbgemmInt8Linear)):
             total += (module.in_features + 4) * module.out_features  # int8 rows, a float scale
         elif isinstance(module, nn.Linear):
             total += _tensor_bytes(module.weight)
