@@ -94,9 +94,13 @@ INTEGER_LAYERS = [FbgemmInt8Linear, DynamicInt8Linear]
 
 
 def one_layer(kind: type[nn.Module] = FbgemmInt8Linear, linear: nn.Linear | None = None):
-    """A 64 -> 48 linear layer quantized to int8 as `kind`, and a float32 copy from before."""
+    """A 64 -> 48 linear layer quantized to int8 as `kind`, and a float32 copy from before.
+    Its rows span 100x in size, so that each row's own scale matters."""
     torch.manual_seed(0)
-    linear = linear or nn.Linear(64, 48)
+    if linear is None:
+        linear = nn.Linear(64, 48)
+        with torch.no_grad():
+            linear.weight.mul_(torch.logspace(-1, 1, 48)[:, None])  # (N, K), rows 0.1x-10x
     reference = copy.deepcopy(linear)
     model = nn.Sequential(linear)
     with pytest.MonkeyPatch.context() as patch:

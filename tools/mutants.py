@@ -145,6 +145,18 @@ MUTANTS = (
         ("tests/test_viz_browser.py::"
          "test_clicking_a_query_shows_its_computation_with_the_models_numbers",),
     ),
+    Mutant(
+        "int8-7bit", "fbgemm's int8 weights keep to 7 bits (AVX2 sums pairs in 16 bits)",
+        SRC + "decoding/int8_layers.py",
+        "weight_range = (-64, 63)", "weight_range = (-128, 127)",
+        ("tests/test_quantize.py::test_fbgemms_sums_do_not_saturate_at_the_extremes",),
+    ),
+    Mutant(
+        "int8-row-scale", "each int8 row is rescaled by its own s_n",
+        SRC + "decoding/int8_layers.py",
+        "return torch.addcmul(bias, y, scale)", "return torch.addcmul(bias, y, scale.mean())",
+        ("tests/test_quantize.py::test_int8_linear_is_its_equation",),
+    ),
 )  # fmt: skip
 
 
