@@ -69,6 +69,9 @@ EXPERIMENTS: dict[str, list[str]] = {
     "eval1000-lr4.5e-3": ["train.eval_interval=1000", "train.lr=4.5e-3"],
     "layers4": ["model.n_layer=4"],
     "width128": ["model.n_embd=128", "model.n_head=4"],
+    # seventh sweep: rows growing from 32 to the context over the first 30% / 50% of the run
+    "seq-warmup0.3": ["train.seq_warmup=0.3", "train.seq_start=32"],
+    "seq-warmup0.5": ["train.seq_warmup=0.5", "train.seq_start=32"],
     # the first sweep's small winners together (benchmarks/LOG.md, second sweep)
     "zero-softcap-trapezoid": [
         "model.zero_init_proj=true", "model.logit_softcap=15", "train.schedule=trapezoid",

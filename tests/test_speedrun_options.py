@@ -14,13 +14,14 @@ import torch.nn.functional as F
 
 from qkv.config import GPTConfig, Seq2SeqConfig
 from qkv.config.gpt import TrainConfig
+from qkv.data import BatchSampler
 from qkv.errors import QkvError
 from qkv.interop.gpt2 import check_representable
 from qkv.models.gpt import GPT
 from qkv.models.seq2seq import Seq2SeqTransformer
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.blocks import FeedForward
-from qkv.training.lm import learning_rate
+from qkv.training.lm import learning_rate, row_length
 
 V = 29
 
@@ -168,6 +169,36 @@ def test_the_trapezoid_holds_lr_then_cools_down_linearly_to_min_lr():
     assert learning_rate(timed, 101, 80.0) == pytest.approx(1.0 - 0.9 * 0.5)  # by time
 
 
+def test_rows_grow_linearly_from_seq_start_to_block_size_over_seq_warmup():
+    cfg = TrainConfig(max_steps=1000, max_time=0, warmup_steps=100, seq_warmup=0.5, seq_start=16)
+    assert row_length(cfg, 96, 50, 0.0) == 16  # the lr's warm-up: progress 0
+    assert row_length(cfg, 96, 100 + 225, 0.0) == 16 + 40  # p = 0.25: halfway, 56
+    assert row_length(cfg, 96, 100 + 200, 0.0) == 48  # p = 2/9: 51.6, down to a multiple of 8
+    assert row_length(cfg, 96, 100 + 180, 0.0) == 48  # p = 0.2: exactly 48
+    assert row_length(cfg, 96, 100 + 450, 0.0) == 96  # p = 0.5: full rows from here
+    timed = dataclasses.replace(cfg, max_time=100.0)
+    assert row_length(timed, 96, 101, 25.0) == 56  # by time, as the learning rate
+    assert row_length(dataclasses.replace(cfg, seq_warmup=0.0), 96, 100, 0.0) == 96  # off
+
+
+def test_a_run_with_seq_warmup_trains_on_growing_rows(cli, text_file, tiny, tmp_path, monkeypatch):
+    lengths, next_batch = [], BatchSampler.next_batch
+
+    def recorded(self, length=None):
+        x, y = next_batch(self, length)
+        lengths.append(x.size(1))
+        return x, y
+
+    monkeypatch.setattr(BatchSampler, "next_batch", recorded)
+    warmup = ["train.max_time=0", "train.warmup_steps=0", "train.eval_interval=100"]
+    warmup += ["train.seq_warmup=1.0", "train.seq_start=8", "model.block_size=32"]
+    out = tmp_path / "run"
+    result = cli("train", "--data", text_file, "--out", out, "--max-steps", 8, *tiny, *warmup)
+    assert result.code == 0, result.err
+    training = lengths[: lengths.index(32)] if 32 in lengths else lengths
+    assert training == [8, 8, 8, 16, 16, 16, 24, 24]  # 8 + 24 step / 8, down to multiples of 8
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -185,6 +216,8 @@ def test_bad_schedule_options_are_named():
         TrainConfig(schedule="linear")
     with pytest.raises(QkvError, match=r"train.cooldown_fraction must be in \(0, 1\], got 0.0"):
         TrainConfig(cooldown_fraction=0.0)
+    with pytest.raises(QkvError, match=r"train.seq_warmup must be in \[0, 1\], got 1.5"):
+        TrainConfig(seq_warmup=1.5)
 
 
 def test_the_encoder_decoder_takes_qk_norm_and_relu2():

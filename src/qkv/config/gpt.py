@@ -140,10 +140,14 @@ class TrainConfig(LoopConfig):
     eval_iters: int = 20  # random batches of each split per evaluation
     schedule: str = "cosine"  # after warm-up: cosine | trapezoid (constant, then linear)
     cooldown_fraction: float = 0.4  # trapezoid: the last fraction of the run, lr -> min_lr
+    seq_warmup: float = 0.0  # rows grow from seq_start to block_size over this fraction
+    seq_start: int = 32  # the first rows' length under seq_warmup
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "lr", "eval_iters")
+        check_positive(self, "lr", "eval_iters", "seq_start")
+        if not 0.0 <= self.seq_warmup <= 1.0:
+            raise QkvError(f"train.seq_warmup must be in [0, 1], got {self.seq_warmup}")
         check_not_negative("train", self, "decay_steps", "warmup_steps", "min_lr")
         check_choice(self, "schedule", SCHEDULES)
         if not 0.0 < self.cooldown_fraction <= 1.0:

@@ -48,9 +48,10 @@ class BatchSampler:
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self) -> tuple[Tensor, Tensor]:
-        """-> inputs (B, T) and targets (B, T), int64, on the sampler's device."""
-        t = self.block_size
+    def next_batch(self, length: int | None = None) -> tuple[Tensor, Tensor]:
+        """-> inputs (B, T) and targets (B, T), int64, on the sampler's device; T is
+        `length` (at most block_size) when given, else block_size."""
+        t = self.block_size if length is None else min(length, self.block_size)
         size = (self.world_size * self.batch_size,)
         starts = torch.randint(len(self.ids) - t, size, generator=self.generator)
         starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]

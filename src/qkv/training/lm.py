@@ -47,14 +47,37 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.schedule_steps - cfg.warmup_steps)
-    if cfg.max_time > 0:
-        progress = max(progress, elapsed / cfg.max_time)
-    progress = min(progress, 1.0)
+    progress = _progress(cfg, step, elapsed)
     if cfg.schedule == "trapezoid":
         cooling = max(0.0, progress - (1.0 - cfg.cooldown_fraction)) / cfg.cooldown_fraction
         return cfg.lr + cooling * (cfg.min_lr - cfg.lr)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def _progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    progress = (step - cfg.warmup_steps) / max(1, cfg.schedule_steps - cfg.warmup_steps)
+    if cfg.max_time > 0:
+        progress = max(progress, elapsed / cfg.max_time)
+    return min(max(progress, 0.0), 1.0)
+
+
+def row_length(cfg: TrainConfig, block_size: int, step: int, elapsed: float) -> int:
+    """The length T of the training rows at this point of the run (sequence-length warm-up,
+    as in modded-nanogpt's growing attention window):
+
+        T = seq_start + (block_size - seq_start) p / seq_warmup, while p < seq_warmup,
+
+    rounded down to a multiple of 8 (fewer distinct shapes), then block_size; p is the
+    schedule's progress (`learning_rate`), 0 during its warm-up. Short rows make cheap steps
+    while the model learns what short contexts teach; seq_warmup = 0 (the default) is off."""
+    if cfg.seq_warmup == 0.0:
+        return block_size
+    p = _progress(cfg, step, elapsed)
+    if p >= cfg.seq_warmup:
+        return block_size
+    start = min(cfg.seq_start, block_size)
+    grown = start + (block_size - start) * p / cfg.seq_warmup
+    return max(start, int(grown) // 8 * 8)
 
 
 class LanguageModelRecipe(Recipe):
@@ -79,6 +102,7 @@ class LanguageModelRecipe(Recipe):
         _check_enough_data(self.corpus, model.block_size, data.source)
         self.device, self.world = device, world
         self.sampler = self._sampler(self.corpus.train, config.train.seed)
+        self.rows = model.block_size  # the training rows' length (`row_length`)
 
     def _sampler(self, ids, seed: int) -> BatchSampler:
         train = self.config.train
@@ -93,10 +117,14 @@ class LanguageModelRecipe(Recipe):
         )
 
     def learning_rate(self, step: int, elapsed: float) -> float:
-        return learning_rate(self.config.train, step, elapsed)
+        """The step's learning rate; it also sets the length of the step's rows (the loop
+        asks for it before each step's batches: `row_length`)."""
+        train = self.config.train
+        self.rows = row_length(train, self.config.model.block_size, step, elapsed)
+        return learning_rate(train, step, elapsed)
 
     def next_batch(self) -> tuple[Batch, int]:
-        x, y = self.sampler.next_batch()  # inputs (B, T), targets (B, T)
+        x, y = self.sampler.next_batch(self.rows)  # inputs (B, T), targets (B, T)
         return (x, y), y.numel()
 
     def loss(self, forward: Callable[..., Any], batch: Batch) -> Tensor:
