@@ -20,11 +20,11 @@ int8/int4 weight-only decoding) and llama.cpp (quantized CPU decoding) are built
   at every call, multiply in integers and rescale; the rest of the model stays in float32.
   On x86 that is fbgemm's `fbgemm_linear_int8_weight_fp32_activation` (`FbgemmInt8Linear`),
   with weights of 7 bits (q in [-64, 63], stored in int8), because AVX2 sums pairs of 8-bit
-  products in 16 bits: 2 x 255 x 64 fits, 2 x 255 x 128 saturates. At batch 1 it costs
-  about 20 us a call, where `quantized::linear_dynamic` (8-bit weights, 7-bit inputs;
+  products in 16 bits: 2 x 255 x 64 fits, 2 x 255 x 127 saturates. At batch 1 it costs
+  20-27 us a call, where `quantized::linear_dynamic` (8-bit weights, 7-bit inputs;
   `DynamicInt8Linear`, the path on ARM's qnnpack and where the fbgemm op is missing) costs
-  40-45 us for the same 384 x 1152 layer on a 2-core AVX2 EPYC: the difference between 2x
-  and 3x Hugging Face's float32 decoding at 6 layers x 384. torchao (PyTorch's
+  40-67 us for the same 384 x 1152 layer on a 2-core AVX2 EPYC: 2.0x against 2.8-3.2x
+  Hugging Face's float32 decoding at 6 layers x 384 (benchmarks/RESULTS.md). torchao (PyTorch's
   quantization library) quantizes: its `Int8WeightOnlyConfig` for the 8-bit weights, its
   affine primitives for the 7-bit ones. Its own int8 tensor casts the whole weight back to
   float at every call in eager mode (it leaves fusing that to torch.compile), slower than
