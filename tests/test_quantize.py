@@ -168,6 +168,16 @@ def test_a_quantized_model_survives_copy_and_pickle():
         assert torch.equal(twin(ids)[0], expected)
 
 
+def test_fbgemms_layer_repacks_weights_loaded_into_it():
+    # the packed copy is made on first use: loading new weights must not leave it stale
+    layer, _ = one_layer(FbgemmInt8Linear)
+    other, _ = one_layer(FbgemmInt8Linear, nn.Linear(64, 48))
+    x = torch.randn(3, 64)
+    layer(x)  # packs the first weights
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer(x), other(x))
+
+
 def test_the_bfloat16_int8_layer_is_its_equation():
     # The fallback without the integer kernel: y = (x q^T) s + b with x in bfloat16.
     layer, reference = one_layer(Int8Linear)

@@ -52,9 +52,8 @@ class DynamicInt8Linear(nn.Module):
         self.out_features, self.in_features = qdata.shape
         scales = scale.reshape(-1).double()  # (N,)
         zeros = torch.zeros(self.out_features, dtype=torch.long)  # symmetric: no zero point
-        with warnings.catch_warnings():  # torch marks its quantized dtypes as deprecated
-            warnings.simplefilter("ignore", UserWarning)
-            weight = torch._make_per_channel_quantized_tensor(qdata.cpu(), scales, zeros, 0)
+        make = torch._make_per_channel_quantized_tensor  # quantized dtypes: deprecated too
+        weight = _deprecated(make, qdata.cpu(), scales, zeros, 0)
         bias = None if bias is None else bias.detach().float()
         self.packed = torch.ops.quantized.linear_prepack(weight, bias)
         self.reduce_range = torch.backends.quantized.engine in ("x86", "fbgemm")
@@ -157,8 +156,8 @@ class FbgemmInt8Linear(nn.Module):
 
 
 def _deprecated(function, *args):
-    """Call one of torch's fbgemm functions without its once-per-process deprecation warning
-    (torch marks them for removal; `_integer_layer` falls back when they are gone)."""
+    """Call one of torch's quantization functions without its deprecation warning (torch
+    marks them for removal; `_integer_layer` falls back when the fbgemm ones are gone)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return function(*args)

@@ -23,7 +23,7 @@ int8/int4 weight-only decoding) and llama.cpp (quantized CPU decoding) are built
   products in 16 bits: 2 x 255 x 64 fits, 2 x 255 x 127 saturates. At batch 1 it costs
   20-27 us a call, where `quantized::linear_dynamic` (8-bit weights, 7-bit inputs;
   `DynamicInt8Linear`, the path on ARM's qnnpack and where the fbgemm op is missing) costs
-  40-67 us for the same 384 x 1152 layer on a 2-core AVX2 EPYC: 2.0x against 2.8-3.2x
+  40-67 us for the same 384 x 1152 layer on a 2-core AVX2 EPYC: 2.0x against 2.5-3.2x
   Hugging Face's float32 decoding at 6 layers x 384 (benchmarks/RESULTS.md). torchao (PyTorch's
   quantization library) quantizes: its `Int8WeightOnlyConfig` for the 8-bit weights, its
   affine primitives for the 7-bit ones. Its own int8 tensor casts the whole weight back to
@@ -145,11 +145,10 @@ def _integer_layer(model: nn.Module) -> type[nn.Module] | None:
     else torch's quantized engine's; None off CPUs or without either."""
     if not all(p.device.type == "cpu" for p in model.parameters()):
         return None
-    fbgemm = hasattr(torch, "fbgemm_linear_int8_weight_fp32_activation")
-    if fbgemm and "fbgemm" in torch.backends.quantized.supported_engines:
+    engines = set(torch.backends.quantized.supported_engines)
+    if "fbgemm" in engines and hasattr(torch, "fbgemm_linear_int8_weight_fp32_activation"):
         return FbgemmInt8Linear
-    engines = {"x86", "fbgemm", "qnnpack"} & set(torch.backends.quantized.supported_engines)
-    if engines and hasattr(torch.ops.quantized, "linear_dynamic"):
+    if engines & {"x86", "fbgemm", "qnnpack"} and hasattr(torch.ops.quantized, "linear_dynamic"):
         return DynamicInt8Linear
     return None
 
