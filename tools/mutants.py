@@ -157,6 +157,13 @@ MUTANTS = (
         "return torch.addcmul(bias, y, scale)", "return torch.addcmul(bias, y, scale.mean())",
         ("tests/test_quantize.py::test_int8_linear_is_its_equation",),
     ),
+    Mutant(
+        "layout-tie", "a tied head laid out for decoding shares its W^T with the embedding",
+        SRC + "decoding/layout.py",
+        "TransposedEmbedding(layer.weight_t, ",
+        "TransposedEmbedding(nn.Parameter(layer.weight_t.clone()), ",
+        ("tests/test_decoding_layout.py::test_the_tied_head_stays_tied_and_nothing_is_stored_twice",),
+    ),
 )  # fmt: skip
 
 

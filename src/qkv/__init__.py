@@ -27,6 +27,7 @@ _HOMES = {
     "load": "qkv.checkpoint",
     "train": "qkv.training.run",
     "quantize": "qkv.decoding.quantize",
+    "for_decoding": "qkv.decoding.layout",
     "QkvError": "qkv.errors",
     "DataConfig": "qkv.config",
     "GPTConfig": "qkv.config",

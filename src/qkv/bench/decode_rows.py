@@ -6,7 +6,7 @@ A KV-cached decoding step reads every weight matrix once, for all B rows of the 
     step time >= bytes of weights / bandwidth          limit = B * bandwidth / bytes  tok/s
 
 Each row is qkv's greedy decoding of a random-weight GPT (each mode of the plan: float32,
-bfloat16, int8, int4 weights)
+with `qkv.for_decoding`'s layout as `qkv sample` runs it, bfloat16, int8, int4 weights)
 against Hugging Face's fp32 `generate` on the same weights, at batch 1 and batch 8. Its note
 gives the bytes a step reads, the row's tokens/s as a % of that limit, and what bounds it:
 the measured step time against its two floors, the weights' bytes / bandwidth and the
@@ -34,6 +34,7 @@ from qkv.bench.model_rows import hf_greedy
 from qkv.bench.plan import DecodeCase, Plan
 from qkv.bench.report import Row
 from qkv.bench.timing import _alternate, _fastest, _timed, _timer
+from qkv.decoding.layout import for_decoding
 from qkv.decoding.quantize import quantize, weight_bytes
 from qkv.interop import to_hf
 from qkv.models.gpt import GPT
@@ -52,8 +53,9 @@ def stream_bandwidth(mib: int, device: torch.device, repeats: int = 5) -> float:
 def _models(case: DecodeCase, modes: tuple[str, ...], device: torch.device):
     torch.manual_seed(0)
     fp32 = GPT(case.model).to(device).eval()
+    hf = to_hf(fp32).eval()
     models = {mode: quantize(copy.deepcopy(fp32), mode) for mode in modes if mode != "fp32"}
-    return {"fp32": fp32, **models}, to_hf(fp32).eval()
+    return {"fp32": for_decoding(fp32), **models}, hf  # float32 as `qkv sample` runs it
 
 
 def _greedy(model: nn.Module, prompt: Tensor, new: int) -> Callable[[], Tensor]:

@@ -56,8 +56,9 @@ def check_quantize(args: argparse.Namespace) -> None:
         raise QkvError(f"--quantize must be one of {', '.join(MODES)}, got {args.quantize!r}")
 
 
-def load_model(checkpoint, args: argparse.Namespace):
-    """The checkpoint's model on --device, in eval mode, quantized as --quantize says."""
+def load_model(checkpoint, args: argparse.Namespace, decoding: bool = False):
+    """The checkpoint's model on --device, in eval mode, quantized as --quantize says; for
+    `decoding` (sample, translate) a float32 model gets `qkv.for_decoding`'s layout."""
     from qkv.runtime import resolve_device
 
     model = checkpoint.model(resolve_device(args.device)).eval()
@@ -65,4 +66,8 @@ def load_model(checkpoint, args: argparse.Namespace):
         from qkv.decoding.quantize import quantize
 
         model = quantize(model, args.quantize)
+    elif decoding:
+        from qkv.decoding.layout import for_decoding
+
+        model = for_decoding(model)
     return model

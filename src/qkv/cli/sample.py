@@ -47,7 +47,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     checkpoint = open_checkpoint(args.checkpoint)
     stream_samples = checkpoint.kind.verb("sample", args.checkpoint)
-    model = load_model(checkpoint, args)
+    model = load_model(checkpoint, args, decoding=True)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     sampling = Sampling(args.temperature, args.top_k, args.top_p, generator)
     tokenizer, current = checkpoint.tokenizer, 0

@@ -39,7 +39,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     check_quantize(args)
     checkpoint = open_checkpoint(args.checkpoint)
     translate_texts = checkpoint.kind.verb("translate", args.checkpoint)
-    model = load_model(checkpoint, args)
+    model = load_model(checkpoint, args, decoding=True)
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     for line in translate_texts(model, checkpoint.tokenizer, texts, args.beam, args.alpha):
         print(line)

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.decoding.int8_layers import DynamicInt8Linear, FbgemmInt8Linear, Int8Linear
+from qkv.decoding.layout import TransposedLinear
 from qkv.errors import QkvError
 
 MODES = ("int8", "bf16", "int4")
@@ -117,10 +118,14 @@ def _torchao():
 
 
 def _quantizable(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
-    """(owner, attribute name, linear) for each linear layer run as a module."""
+    """(owner, attribute name, linear) for each linear layer run as a module (one that
+    `for_decoding` stored transposed becomes an `nn.Linear` again first)."""
     for owner in list(model.modules()):
         readers = getattr(owner, "weight_readers", ())
         for name, child in list(owner.named_children()):
+            if isinstance(child, TransposedLinear) and name not in readers:
+                child = child.to_linear()
+                setattr(owner, name, child)
             if isinstance(child, nn.Linear) and name not in readers:
                 yield owner, name, child
 
@@ -202,6 +207,8 @@ def weight_bytes(model: nn.Module) -> int:
             total += (module.in_features + 4) * module.out_features  # int8 rows, a float scale
         elif isinstance(module, nn.Linear):
             total += _tensor_bytes(module.weight)
+        elif isinstance(module, TransposedLinear):
+            total += _tensor_bytes(module.weight_t)
     return total
 
 
