@@ -13,7 +13,8 @@ and at batch 8 neither layout wins by much, so only wide matrices (N > K) are tr
 modules (not those an owner reads as a tensor, its `weight_readers`): the outputs are the
 same, only the summation order inside the kernel may differ. A head tied to an embedding stays
 tied: the embedding reads its rows as columns of the same transposed tensor, so no weight is
-stored twice. `qkv sample` and `qkv translate` call it for float32 models.
+stored twice. `qkv sample` and `qkv translate` call it for float32 models. The laid-out
+model is for decoding: its state dict names `weight_t`, so save the model before, not after.
 """
 
 from __future__ import annotations
