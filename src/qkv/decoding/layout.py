@@ -83,8 +83,12 @@ class TransposedEmbedding(nn.Module):
 def for_decoding(model: nn.Module) -> nn.Module:
     """Store each wide float32 CPU linear layer of `model` transposed (in place); returns it.
     See the module docstring for why."""
-    embeddings = _embeddings_by_weight(model)
-    for owner, name, linear in _wide_float32_layers(model):
+    embeddings: dict[int, list[tuple[nn.Module, str, nn.Module]]] = {}  # id(weight) -> users
+    for owner, name, embedding in run_as_modules(model, nn.Embedding):
+        embeddings.setdefault(id(embedding.weight), []).append((owner, name, embedding))
+    for owner, name, linear in run_as_modules(model, nn.Linear):
+        if not _is_wide_float32_on_cpu(linear):
+            continue
         layer = TransposedLinear(nn.Parameter(linear.weight.detach().t().contiguous()), linear.bias)
         setattr(owner, name, layer)
         for embed_owner, embed_name, embedding in embeddings.get(id(linear.weight), []):
@@ -93,25 +97,23 @@ def for_decoding(model: nn.Module) -> nn.Module:
     return model
 
 
-def _wide_float32_layers(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
+def run_as_modules(
+    model: nn.Module, kinds: type | tuple[type, ...]
+) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+    """(owner, attribute name, child) for each child of one of `kinds` that its owner runs
+    as a module: not one it names in `weight_readers` (it reads that one's weight as a tensor,
+    e.g. cross-attention slicing its fused W_Q|W_KV). Safe to replace children while iterating."""
     for owner in list(model.modules()):
         readers = getattr(owner, "weight_readers", ())
         for name, child in list(owner.named_children()):
-            if (
-                type(child) is nn.Linear
-                and name not in readers
-                and child.out_features > child.in_features
-                and child.weight.dtype == torch.float32
-                and child.weight.device.type == "cpu"
-            ):
+            if isinstance(child, kinds) and name not in readers:
                 yield owner, name, child
 
 
-def _embeddings_by_weight(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, nn.Module]]]:
-    """id(weight) -> (owner, name, embedding) for each embedding module holding it."""
-    found: dict[int, list[tuple[nn.Module, str, nn.Module]]] = {}
-    for owner in model.modules():
-        for name, child in owner.named_children():
-            if type(child) is nn.Embedding:
-                found.setdefault(id(child.weight), []).append((owner, name, child))
-    return found
+def _is_wide_float32_on_cpu(linear: nn.Linear) -> bool:
+    return (
+        type(linear) is nn.Linear
+        and linear.out_features > linear.in_features
+        and linear.weight.dtype == torch.float32
+        and linear.weight.device.type == "cpu"
+    )

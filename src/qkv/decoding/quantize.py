@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.decoding.int8_layers import DynamicInt8Linear, FbgemmInt8Linear, Int8Linear
-from qkv.decoding.layout import TransposedLinear
+from qkv.decoding.layout import TransposedLinear, run_as_modules
 from qkv.errors import QkvError
 
 MODES = ("int8", "bf16", "int4")
@@ -120,14 +120,11 @@ def _torchao():
 def _quantizable(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
     """(owner, attribute name, linear) for each linear layer run as a module (one that
     `for_decoding` stored transposed becomes an `nn.Linear` again first)."""
-    for owner in list(model.modules()):
-        readers = getattr(owner, "weight_readers", ())
-        for name, child in list(owner.named_children()):
-            if isinstance(child, TransposedLinear) and name not in readers:
-                child = child.to_linear()
-                setattr(owner, name, child)
-            if isinstance(child, nn.Linear) and name not in readers:
-                yield owner, name, child
+    for owner, name, child in run_as_modules(model, (nn.Linear, TransposedLinear)):
+        if isinstance(child, TransposedLinear):
+            child = child.to_linear()
+            setattr(owner, name, child)
+        yield owner, name, child
 
 
 def _int8_weights(model: nn.Module, cpu_layer: type[nn.Module]) -> None:
