@@ -58,6 +58,10 @@ EXPERIMENTS: dict[str, list[str]] = {
     "trapezoid-cool0.6": ["train.schedule=trapezoid", "train.cooldown_fraction=0.6"],
     "wd0": ["train.weight_decay=0"],
     "rmsnorm": ["model.norm_type=rmsnorm"],
+    "embed-lr3": ["train.embed_lr_scale=3"],
+    "embed-lr10": ["train.embed_lr_scale=10"],
+    "warmup20": ["train.warmup_steps=20"],
+    "batch12": ["train.batch_size=12"],
     "nanogpt-cpu": NANOGPT_CPU,
     # fourth sweep: the shape and the schedule at today's tokens/s (benchmarks/LOG.md)
     "eval-every-1000": ["train.eval_interval=1000"],

@@ -30,6 +30,7 @@ class LoopConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     optimizer: str = "muon"  # muon (the blocks' matrices; AdamW for the rest) | adamw | adam
     weight_decay: float = 0.1  # AdamW's and Muon's, on matrices only
+    embed_lr_scale: float = 1.0  # muon: AdamW's matrices (the embeddings) step at this x lr
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8  # Adam's epsilon
@@ -46,7 +47,7 @@ class LoopConfig:
     probe_text: str = ""  # the text to record ("": a fixed piece of the val data)
 
     def __post_init__(self) -> None:
-        check_positive(self, "max_steps", "batch_size", "grad_accum", "eps")
+        check_positive(self, "max_steps", "batch_size", "grad_accum", "eps", "embed_lr_scale")
         check_positive(self, "eval_interval", "log_interval", "dist_timeout")
         check_not_negative("train", self, "max_time", "weight_decay", "grad_clip")
         check_fraction(self, "beta1")

@@ -205,7 +205,7 @@ class Trainer:
         cfg = self.config.train
         lr = self.recipe.learning_rate(self.step, self.elapsed)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # train.embed_lr_scale's group
         drawn = [self.recipe.next_batch() for _ in range(cfg.grad_accum)]
         batches, counts = [batch for batch, _ in drawn], [count for _, count in drawn]
         step_targets = sum(counts) * self.world.size

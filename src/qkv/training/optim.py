@@ -71,14 +71,30 @@ def make_optimizer(
             adjust_lr_fn="match_rms_adamw",
         )
         rest = [p for p in params if id(p) not in hidden]
-        return MuonWithAdamW(muon, make_adamw(rest, cfg, device, lr))
+        adamw = make_adamw(rest, cfg, device, lr, embed_lr_scale=cfg.embed_lr_scale)
+        return MuonWithAdamW(muon, adamw)
     raise QkvError(f"train.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
 
 
-def make_adamw(params: list[nn.Parameter], cfg: LoopConfig, device: torch.device, lr: float):
-    """AdamW with weight decay on the matrices only; fused (one kernel) on CPU and CUDA."""
+def make_adamw(
+    params: list[nn.Parameter],
+    cfg: LoopConfig,
+    device: torch.device,
+    lr: float,
+    embed_lr_scale: float = 1.0,
+):
+    """AdamW with weight decay on the matrices only; fused (one kernel) on CPU and CUDA.
+
+    The matrices' group carries `lr_scale` = `embed_lr_scale`: the loop sets its learning rate
+    to lr_scale x the schedule's (beside Muon, AdamW's matrices are the embedding tables and
+    an untied head, which modded-nanogpt and nanochat step at several times Muon's rate).
+    """
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {
+            "params": [p for p in params if p.dim() >= 2],
+            "weight_decay": cfg.weight_decay,
+            "lr_scale": embed_lr_scale,
+        },
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     fused = device.type in ("cuda", "cpu")
