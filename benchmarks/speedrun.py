@@ -62,6 +62,12 @@ EXPERIMENTS: dict[str, list[str]] = {
     "embed-lr10": ["train.embed_lr_scale=10"],
     "warmup20": ["train.warmup_steps=20"],
     "batch12": ["train.batch_size=12"],
+    "wd0-warmup20-trapezoid": [
+        "train.weight_decay=0",
+        "train.warmup_steps=20",
+        "train.schedule=trapezoid",
+        "train.cooldown_fraction=0.6",
+    ],
     "nanogpt-cpu": NANOGPT_CPU,
     # fourth sweep: the shape and the schedule at today's tokens/s (benchmarks/LOG.md)
     "eval-every-1000": ["train.eval_interval=1000"],

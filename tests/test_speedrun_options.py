@@ -1,7 +1,8 @@
 """The speedrun's model and schedule options, each against its equation.
 
 ReLU^2, QK-norm, an untied head, zero-initialised projections, logit soft-capping, value
-embeddings, x0 mixing and the trapezoidal schedule (benchmarks/LOG.md measures them).
+embeddings, x0 mixing, the trapezoidal schedule and the embedding's learning-rate scale
+(benchmarks/LOG.md measures them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qkv.config import GPTConfig, Seq2SeqConfig
+from qkv.config import GPTConfig, Seq2SeqConfig, load_config
 from qkv.config.gpt import TrainConfig
 from qkv.data import BatchSampler
 from qkv.errors import QkvError
@@ -22,6 +23,7 @@ from qkv.models.seq2seq import Seq2SeqTransformer
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.blocks import FeedForward
 from qkv.training.lm import learning_rate, row_length
+from qkv.training.loop import Trainer
 
 V = 29
 
@@ -199,6 +201,31 @@ def test_a_run_with_seq_warmup_trains_on_growing_rows(cli, text_file, tiny, tmp_
     assert training == [8, 8, 8, 16, 16, 16, 24, 24]  # 8 + 24 step / 8, down to multiples of 8
 
 
+def one_step(text_file, out, tiny, *extra) -> tuple[dict, dict]:
+    """The weights before and after one Muon step of a tiny run (same seed every call)."""
+    config = load_config(None, [*tiny, "train.max_time=0", "train.optimizer=muon", *extra])
+    config = config.with_values({"data.source": str(text_file), "train.out_dir": str(out)})
+    trainer = Trainer(config, progress=False)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train_step()
+    return before, {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+def test_embed_lr_scale_moves_the_embedding_that_many_times_further(text_file, tmp_path, tiny):
+    # Adam's first step is -lr (g / (|g| + eps) + wd w): linear in lr, so a group at 3x the
+    # rate moves exactly 3x as far, while Muon's matrices and the 1-D parameters do not change
+    before, plain = one_step(text_file, tmp_path / "a", tiny)
+    _, scaled = one_step(text_file, tmp_path / "b", tiny, "train.embed_lr_scale=3")
+    tables = [name for name in before if name.startswith(("transformer.wte", "transformer.wpe"))]
+    assert "transformer.wte.weight" in tables
+    for name in tables:
+        moved = plain[name] - before[name]
+        assert moved.abs().max() > 0
+        torch.testing.assert_close(scaled[name] - before[name], 3 * moved, msg=name)
+    for name in set(before) - set(tables):
+        torch.testing.assert_close(scaled[name], plain[name], msg=name)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -218,6 +245,8 @@ def test_bad_schedule_options_are_named():
         TrainConfig(cooldown_fraction=0.0)
     with pytest.raises(QkvError, match=r"train.seq_warmup must be in \[0, 1\], got 1.5"):
         TrainConfig(seq_warmup=1.5)
+    with pytest.raises(QkvError, match=r"embed_lr_scale must be positive, got 0"):
+        TrainConfig(embed_lr_scale=0)
 
 
 def test_the_encoder_decoder_takes_qk_norm_and_relu2():
