@@ -62,6 +62,8 @@ EXPERIMENTS: dict[str, list[str]] = {
     "embed-lr10": ["train.embed_lr_scale=10"],
     "warmup20": ["train.warmup_steps=20"],
     "batch12": ["train.batch_size=12"],
+    "muon-ns3": ["train.muon_ns_steps=3"],
+    "muon-momentum0.9": ["train.muon_momentum=0.9"],
     "wd0-warmup20-trapezoid": [
         "train.weight_decay=0",
         "train.warmup_steps=20",

@@ -159,6 +159,33 @@ def test_grouped_muon_steps_as_torch_muon_does(adjust_lr_fn, nesterov, monkeypat
         )
 
 
+def test_muon_momentum_and_newton_schulz_steps_reach_the_update(monkeypatch):
+    # train.muon_momentum / train.muon_ns_steps: the Muon part steps as torch.optim.Muon with
+    # those settings does (Newton-Schulz in bfloat16 as torch runs it), not with its defaults
+    monkeypatch.setattr(optim, "newton_schulz_dtype", lambda device: torch.bfloat16)
+    model = small_gpt()
+    cfg = muon_config(lr=3e-2, muon_momentum=0.8, muon_ns_steps=2)
+    muon = make_optimizer(model, cfg, CPU).muon
+    ours = hidden_matrices(model)
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    settings = dict(lr=3e-2, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw")
+    reference = torch.optim.Muon(theirs, momentum=0.8, ns_steps=2, **settings)
+    default = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in ours], **settings)
+    torch.manual_seed(1)
+    for _ in range(3):
+        before = [p.detach().clone() for p in ours]
+        for p, q, r in zip(ours, theirs, default.param_groups[0]["params"], strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad, r.grad = p.grad.clone(), p.grad.clone()
+        muon.step(), reference.step(), default.step()
+        for p, q, start in zip(ours, theirs, before, strict=True):
+            step, expected = p.detach() - start, q.detach() - start
+            assert (step - expected).abs().max() <= 1e-2 * expected.abs().max(), p.shape
+    with_defaults = default.param_groups[0]["params"]  # the same steps at momentum 0.95, 5 steps
+    pairs = zip(ours, with_defaults, strict=True)
+    assert not any(torch.allclose(p, r, rtol=0, atol=1e-4) for p, r in pairs)
+
+
 def test_newton_schulz_runs_in_float32_on_a_cpu():
     # bfloat16 matmuls are emulated, 20x slower, on CPUs without bfloat16 arithmetic (AVX2)
     torch.manual_seed(0)

@@ -247,6 +247,10 @@ def test_bad_schedule_options_are_named():
         TrainConfig(seq_warmup=1.5)
     with pytest.raises(QkvError, match=r"embed_lr_scale must be positive, got 0"):
         TrainConfig(embed_lr_scale=0)
+    with pytest.raises(QkvError, match=r"muon_momentum must be in \[0.0, 1.0\), got 1.0"):
+        TrainConfig(muon_momentum=1.0)
+    with pytest.raises(QkvError, match=r"muon_ns_steps must be positive, got 0"):
+        TrainConfig(muon_ns_steps=0)
 
 
 def test_the_encoder_decoder_takes_qk_norm_and_relu2():

@@ -31,6 +31,8 @@ class LoopConfig:
     optimizer: str = "muon"  # muon (the blocks' matrices; AdamW for the rest) | adamw | adam
     weight_decay: float = 0.1  # AdamW's and Muon's, on matrices only
     embed_lr_scale: float = 1.0  # muon: AdamW's matrices (the embeddings) step at this x lr
+    muon_momentum: float = 0.95  # muon: B = mu B + (1 - mu) G (torch.optim.Muon's default)
+    muon_ns_steps: int = 5  # muon: Newton-Schulz iterations per orthogonalisation
     beta1: float = 0.9
     beta2: float = 0.99
     eps: float = 1e-8  # Adam's epsilon
@@ -48,9 +50,11 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, "max_steps", "batch_size", "grad_accum", "eps", "embed_lr_scale")
+        check_positive(self, "muon_ns_steps")
         check_positive(self, "eval_interval", "log_interval", "dist_timeout")
         check_not_negative("train", self, "max_time", "weight_decay", "grad_clip")
         check_fraction(self, "beta1")
         check_fraction(self, "beta2")
+        check_fraction(self, "muon_momentum")
         check_choice(self, "device", DEVICES)
         check_choice(self, "optimizer", OPTIMIZERS)

@@ -68,6 +68,8 @@ def make_optimizer(
             [p for p in params if id(p) in hidden],
             lr=lr,
             weight_decay=cfg.weight_decay,
+            momentum=cfg.muon_momentum,
+            ns_steps=cfg.muon_ns_steps,
             adjust_lr_fn="match_rms_adamw",
         )
         rest = [p for p in params if id(p) not in hidden]
