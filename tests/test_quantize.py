@@ -145,7 +145,8 @@ def test_int8_linear_is_its_equation(kind):
 def test_fbgemms_sums_do_not_saturate_at_the_extremes():
     # AVX2 adds pairs of u8 x s8 products in 16 bits: with every input at the top of its
     # range (x_q = 255) and every weight at the end of its own, 8-bit weights would sum
-    # 2 x 255 x 127 > 32,767 and clip; 7-bit ones (2 x 255 x 64) stay exact.
+    # 2 x 255 x 127 > 32,767 and clip; 7-bit ones (2 x 255 x 64) stay exact. CPUs with
+    # AVX-512 VNNI sum in 32 bits and would not clip, so the 7-bit range is checked directly.
     linear = nn.Linear(64, 48)
     with torch.no_grad():
         signs = torch.where(torch.arange(48) % 2 == 0, 1.0, -1.0)
@@ -154,6 +155,7 @@ def test_fbgemms_sums_do_not_saturate_at_the_extremes():
     x = torch.ones(2, 64)
     x[:, 0] = -1.0  # the range holds 0: every other input quantizes to 255
     assert relative_error(layer(x), integer_equation(layer, x)) < 1e-3
+    assert (layer.qdata.min().item(), layer.qdata.max().item()) == (-64, 63)  # 7 bits
 
 
 def test_a_quantized_model_survives_copy_and_pickle():
