@@ -84,6 +84,9 @@ EXPERIMENTS: dict[str, list[str]] = {
     # seventh sweep: rows growing from 32 to the context over the first 30% / 50% of the run
     "seq-warmup0.3": ["train.seq_warmup=0.3", "train.seq_start=32"],
     "seq-warmup0.5": ["train.seq_warmup=0.5", "train.seq_start=32"],
+    # eleventh sweep: batches growing from 4 rows to 16 over the first 20% / 40% of the run
+    "batch-warmup0.2": ["train.batch_warmup=0.2", "train.batch_start=4"],
+    "batch-warmup0.4": ["train.batch_warmup=0.4", "train.batch_start=4"],
     # the first sweep's small winners together (benchmarks/LOG.md, second sweep)
     "zero-softcap-trapezoid": [
         "model.zero_init_proj=true", "model.logit_softcap=15", "train.schedule=trapezoid",

@@ -226,9 +226,9 @@ def _count_batches(trainer: Trainer) -> list[int]:
     drawn = [0]
     real_next_batch = trainer.recipe.sampler.next_batch
 
-    def next_batch(length=None):
+    def next_batch(length=None, rows=None):
         drawn[0] += 1
-        return real_next_batch(length)
+        return real_next_batch(length, rows)
 
     trainer.recipe.sampler.next_batch = next_batch
     return drawn

@@ -22,7 +22,7 @@ from qkv.models.gpt import GPT
 from qkv.models.seq2seq import Seq2SeqTransformer
 from qkv.nn.attention import MultiHeadAttention
 from qkv.nn.blocks import FeedForward
-from qkv.training.lm import learning_rate, row_length
+from qkv.training.lm import batch_rows, learning_rate, row_length
 from qkv.training.loop import Trainer
 
 V = 29
@@ -183,22 +183,59 @@ def test_rows_grow_linearly_from_seq_start_to_block_size_over_seq_warmup():
     assert row_length(dataclasses.replace(cfg, seq_warmup=0.0), 96, 100, 0.0) == 96  # off
 
 
-def test_a_run_with_seq_warmup_trains_on_growing_rows(cli, text_file, tiny, tmp_path, monkeypatch):
-    lengths, next_batch = [], BatchSampler.next_batch
+def recorded_shapes(monkeypatch) -> list[tuple[int, int]]:
+    """The (B, T) of every batch the samplers draw from now on."""
+    shapes, next_batch = [], BatchSampler.next_batch
 
-    def recorded(self, length=None):
-        x, y = next_batch(self, length)
-        lengths.append(x.size(1))
+    def recorded(self, length=None, rows=None):
+        x, y = next_batch(self, length, rows)
+        shapes.append(tuple(x.shape))
         return x, y
 
     monkeypatch.setattr(BatchSampler, "next_batch", recorded)
+    return shapes
+
+
+def test_a_run_with_seq_warmup_trains_on_growing_rows(cli, text_file, tiny, tmp_path, monkeypatch):
+    shapes = recorded_shapes(monkeypatch)
+
     warmup = ["train.max_time=0", "train.warmup_steps=0", "train.eval_interval=100"]
     warmup += ["train.seq_warmup=1.0", "train.seq_start=8", "model.block_size=32"]
     out = tmp_path / "run"
     result = cli("train", "--data", text_file, "--out", out, "--max-steps", 8, *tiny, *warmup)
     assert result.code == 0, result.err
+    lengths = [t for _, t in shapes]
     training = lengths[: lengths.index(32)] if 32 in lengths else lengths
     assert training == [8, 8, 8, 16, 16, 16, 24, 24]  # 8 + 24 step / 8, down to multiples of 8
+
+
+def test_batches_grow_linearly_from_batch_start_to_batch_size_over_batch_warmup():
+    cfg = TrainConfig(
+        max_steps=1000, max_time=0, warmup_steps=100, batch_size=16, batch_warmup=0.4,
+        batch_start=4,
+    )  # fmt: skip
+    assert batch_rows(cfg, 50, 0.0) == 4  # the lr's warm-up: progress 0
+    assert batch_rows(cfg, 100 + 180, 0.0) == 8  # p = 0.2: halfway, 10, down to 8
+    assert batch_rows(cfg, 100 + 240, 0.0) == 12  # p = 4/15: 12, a multiple of 4
+    assert batch_rows(cfg, 100 + 360, 0.0) == 16  # p = 0.4: full batches from here
+    timed = dataclasses.replace(cfg, max_time=100.0)
+    assert batch_rows(timed, 101, 30.0) == 12  # by time: p = 0.3, 13, down to 12
+    assert batch_rows(dataclasses.replace(cfg, batch_warmup=0.0), 100, 0.0) == 16  # off
+
+
+def test_a_run_with_batch_warmup_trains_on_growing_batches(
+    cli, text_file, tiny, tmp_path, monkeypatch
+):
+    shapes = recorded_shapes(monkeypatch)
+    warmup = ["train.max_time=0", "train.warmup_steps=0", "train.eval_interval=100"]
+    warmup += ["train.batch_warmup=1.0", "train.batch_start=2", "train.batch_size=8"]
+    out = tmp_path / "run"
+    result = cli("train", "--data", text_file, "--out", out, "--max-steps", 8, *tiny, *warmup)
+    assert result.code == 0, result.err
+    rows = [b for b, _ in shapes]
+    training = rows[: rows.index(8)] if 8 in rows else rows
+    assert training == [2, 2, 2, 4, 4, 4, 6, 6]  # 2 + 6 step / 8, down to multiples of 2
+    assert len({t for _, t in shapes}) == 1  # the rows keep their length
 
 
 def one_step(text_file, out, tiny, *extra) -> tuple[dict, dict]:
@@ -245,6 +282,10 @@ def test_bad_schedule_options_are_named():
         TrainConfig(cooldown_fraction=0.0)
     with pytest.raises(QkvError, match=r"train.seq_warmup must be in \[0, 1\], got 1.5"):
         TrainConfig(seq_warmup=1.5)
+    with pytest.raises(QkvError, match=r"train.batch_warmup must be in \[0, 1\], got -0.1"):
+        TrainConfig(batch_warmup=-0.1)
+    with pytest.raises(QkvError, match=r"batch_start must be positive, got 0"):
+        TrainConfig(batch_start=0)
     with pytest.raises(QkvError, match=r"embed_lr_scale must be positive, got 0"):
         TrainConfig(embed_lr_scale=0)
     with pytest.raises(QkvError, match=r"muon_momentum must be in \[0.0, 1.0\), got 1.0"):

@@ -142,12 +142,15 @@ class TrainConfig(LoopConfig):
     cooldown_fraction: float = 0.4  # trapezoid: the last fraction of the run, lr -> min_lr
     seq_warmup: float = 0.0  # rows grow from seq_start to block_size over this fraction
     seq_start: int = 32  # the first rows' length under seq_warmup
+    batch_warmup: float = 0.0  # batches grow from batch_start rows to batch_size over this
+    batch_start: int = 4  # the first batches' rows under batch_warmup
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "lr", "eval_iters", "seq_start")
-        if not 0.0 <= self.seq_warmup <= 1.0:
-            raise QkvError(f"train.seq_warmup must be in [0, 1], got {self.seq_warmup}")
+        check_positive(self, "lr", "eval_iters", "seq_start", "batch_start")
+        for name in ("seq_warmup", "batch_warmup"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise QkvError(f"train.{name} must be in [0, 1], got {getattr(self, name)}")
         check_not_negative("train", self, "decay_steps", "warmup_steps", "min_lr")
         check_choice(self, "schedule", SCHEDULES)
         if not 0.0 < self.cooldown_fraction <= 1.0:

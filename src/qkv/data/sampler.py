@@ -48,13 +48,17 @@ class BatchSampler:
         self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self, length: int | None = None) -> tuple[Tensor, Tensor]:
+    def next_batch(
+        self, length: int | None = None, rows: int | None = None
+    ) -> tuple[Tensor, Tensor]:
         """-> inputs (B, T) and targets (B, T), int64, on the sampler's device; T is
-        `length` (at most block_size) when given, else block_size."""
+        `length` (at most block_size) when given, else block_size; B is `rows` (at most
+        batch_size: the first rows of this rank's slice) when given, else batch_size."""
         t = self.block_size if length is None else min(length, self.block_size)
+        b = self.batch_size if rows is None else min(rows, self.batch_size)
         size = (self.world_size * self.batch_size,)
         starts = torch.randint(len(self.ids) - t, size, generator=self.generator)
-        starts = starts[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        starts = starts[self.rank * self.batch_size : self.rank * self.batch_size + b]
         windows = np.stack([self.ids[s : s + t + 1] for s in starts.tolist()])  # (B, T + 1)
         release_pages(self.ids)
         batch = torch.from_numpy(windows.astype(np.int64))

@@ -70,14 +70,31 @@ def row_length(cfg: TrainConfig, block_size: int, step: int, elapsed: float) -> 
     rounded down to a multiple of 8 (fewer distinct shapes), then block_size; p is the
     schedule's progress (`learning_rate`), 0 during its warm-up. Short rows make cheap steps
     while the model learns what short contexts teach; seq_warmup = 0 (the default) is off."""
-    if cfg.seq_warmup == 0.0:
-        return block_size
+    return _grown(cfg.seq_start, block_size, cfg.seq_warmup, _progress(cfg, step, elapsed), 8)
+
+
+def batch_rows(cfg: TrainConfig, step: int, elapsed: float) -> int:
+    """The number B of rows in this step's batch (batch-size warm-up, as GPT-3 grows its
+    batch over its first tokens; Brown et al., 2020, appendix B):
+
+        B = batch_start + (batch_size - batch_start) p / batch_warmup, while p < batch_warmup,
+
+    rounded down to a multiple of batch_start, then batch_size; p as in `row_length`. Early
+    in training the gradient's noise scale is small (McCandlish et al., 2018), so a few rows
+    give nearly the step a full batch gives, for a fraction of its cost. 0 (the default) is
+    off."""
     p = _progress(cfg, step, elapsed)
-    if p >= cfg.seq_warmup:
-        return block_size
-    start = min(cfg.seq_start, block_size)
-    grown = start + (block_size - start) * p / cfg.seq_warmup
-    return max(start, int(grown) // 8 * 8)
+    return _grown(cfg.batch_start, cfg.batch_size, cfg.batch_warmup, p, cfg.batch_start)
+
+
+def _grown(start: int, full: int, fraction: float, progress: float, multiple: int) -> int:
+    """start + (full - start) progress / fraction, down to a multiple of `multiple` and at
+    least start, while progress < fraction; full from there (and when fraction is 0)."""
+    if fraction == 0.0 or progress >= fraction:
+        return full
+    start = min(start, full)
+    grown = start + (full - start) * progress / fraction
+    return max(start, int(grown) // multiple * multiple)
 
 
 class LanguageModelRecipe(Recipe):
@@ -103,6 +120,7 @@ class LanguageModelRecipe(Recipe):
         self.device, self.world = device, world
         self.sampler = self._sampler(self.corpus.train, config.train.seed)
         self.rows = model.block_size  # the training rows' length (`row_length`)
+        self.rows_per_batch = config.train.batch_size  # rows per batch (`batch_rows`)
 
     def _sampler(self, ids, seed: int) -> BatchSampler:
         train = self.config.train
@@ -117,14 +135,15 @@ class LanguageModelRecipe(Recipe):
         )
 
     def learning_rate(self, step: int, elapsed: float) -> float:
-        """The step's learning rate; it also sets the length of the step's rows (the loop
-        asks for it before each step's batches: `row_length`)."""
+        """The step's learning rate; it also sets the length and the number of the step's
+        rows (the loop asks for it before each step's batches: `row_length`, `batch_rows`)."""
         train = self.config.train
         self.rows = row_length(train, self.config.model.block_size, step, elapsed)
+        self.rows_per_batch = batch_rows(train, step, elapsed)
         return learning_rate(train, step, elapsed)
 
     def next_batch(self) -> tuple[Batch, int]:
-        x, y = self.sampler.next_batch(self.rows)  # inputs (B, T), targets (B, T)
+        x, y = self.sampler.next_batch(self.rows, self.rows_per_batch)  # inputs, targets (B, T)
         return (x, y), y.numel()
 
     def loss(self, forward: Callable[..., Any], batch: Batch) -> Tensor:
