@@ -196,14 +196,20 @@ def recorded_shapes(monkeypatch) -> list[tuple[int, int]]:
     return shapes
 
 
-def test_a_run_with_seq_warmup_trains_on_growing_rows(cli, text_file, tiny, tmp_path, monkeypatch):
+def shapes_of_a_run(cli, text_file, tiny, out, monkeypatch, *options) -> list[tuple[int, int]]:
+    """The (B, T) of every batch an 8-step run with `options` draws (its final evaluation's
+    batches come last, with block_size rows of batch_size)."""
     shapes = recorded_shapes(monkeypatch)
-
-    warmup = ["train.max_time=0", "train.warmup_steps=0", "train.eval_interval=100"]
-    warmup += ["train.seq_warmup=1.0", "train.seq_start=8", "model.block_size=32"]
-    out = tmp_path / "run"
-    result = cli("train", "--data", text_file, "--out", out, "--max-steps", 8, *tiny, *warmup)
+    steady = ["train.max_time=0", "train.warmup_steps=0", "train.eval_interval=100"]
+    run = ["train", "--data", text_file, "--out", out, "--max-steps", 8]
+    result = cli(*run, *tiny, *steady, *options)
     assert result.code == 0, result.err
+    return shapes
+
+
+def test_a_run_with_seq_warmup_trains_on_growing_rows(cli, text_file, tiny, tmp_path, monkeypatch):
+    warmup = ["train.seq_warmup=1.0", "train.seq_start=8", "model.block_size=32"]
+    shapes = shapes_of_a_run(cli, text_file, tiny, tmp_path / "run", monkeypatch, *warmup)
     lengths = [t for _, t in shapes]
     training = lengths[: lengths.index(32)] if 32 in lengths else lengths
     assert training == [8, 8, 8, 16, 16, 16, 24, 24]  # 8 + 24 step / 8, down to multiples of 8
@@ -226,12 +232,8 @@ def test_batches_grow_linearly_from_batch_start_to_batch_size_over_batch_warmup(
 def test_a_run_with_batch_warmup_trains_on_growing_batches(
     cli, text_file, tiny, tmp_path, monkeypatch
 ):
-    shapes = recorded_shapes(monkeypatch)
-    warmup = ["train.max_time=0", "train.warmup_steps=0", "train.eval_interval=100"]
-    warmup += ["train.batch_warmup=1.0", "train.batch_start=2", "train.batch_size=8"]
-    out = tmp_path / "run"
-    result = cli("train", "--data", text_file, "--out", out, "--max-steps", 8, *tiny, *warmup)
-    assert result.code == 0, result.err
+    warmup = ["train.batch_warmup=1.0", "train.batch_start=2", "train.batch_size=8"]
+    shapes = shapes_of_a_run(cli, text_file, tiny, tmp_path / "run", monkeypatch, *warmup)
     rows = [b for b, _ in shapes]
     training = rows[: rows.index(8)] if 8 in rows else rows
     assert training == [2, 2, 2, 4, 4, 4, 6, 6]  # 2 + 6 step / 8, down to multiples of 2
