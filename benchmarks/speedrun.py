@@ -41,6 +41,8 @@ NANOGPT_CPU = [
     "model.dropout=0.0", "train.batch_size=12", "train.optimizer=adamw", "train.lr=1e-3",
     "train.min_lr=1e-4", "train.warmup_steps=100", "train.beta2=0.99",
     "train.weight_decay=0.1", "train.grad_clip=1.0", "train.eval_iters=20",
+    # nanoGPT autocasts on CUDA only: on a CPU its forward pass is float32, AMX or not
+    "train.precision=float32",
 ]  # fmt: skip
 
 # name -> overrides on top of qkv's defaults (benchmarks/LOG.md has every result)
@@ -87,6 +89,9 @@ EXPERIMENTS: dict[str, list[str]] = {
     # eleventh sweep: batches growing from 4 rows to 16 over the first 20% / 40% of the run
     "batch-warmup0.2": ["train.batch_warmup=0.2", "train.batch_start=4"],
     "batch-warmup0.4": ["train.batch_warmup=0.4", "train.batch_start=4"],
+    # twelfth sweep: the forward pass in float32 against auto (bfloat16 autocast on AMX CPUs)
+    "float32": ["train.precision=float32"],
+    "bfloat16": ["train.precision=bfloat16"],
     # the first sweep's small winners together (benchmarks/LOG.md, second sweep)
     "zero-softcap-trapezoid": [
         "model.zero_init_proj=true", "model.logit_softcap=15", "train.schedule=trapezoid",

@@ -66,6 +66,7 @@ CONFIGS: dict[str, list[str]] = {
         "train.batch_size=12",
         "train.lr=1e-3",
         "train.min_lr=1e-4",
+        "train.precision=float32",
     ],
     "gelu-4L-128": ["model.activation=gelu"],
     "3L-ctx96-lr3e-3": ["model.n_layer=3", "model.block_size=96", "train.lr=3e-3"],

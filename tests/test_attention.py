@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qkv.nn.attention import (
     MultiHeadAttention,
@@ -73,6 +74,27 @@ def test_fused_equals_explicit_with_fewer_queries_than_keys():
     explicit, weights = scaled_dot_product_attention(q, k, v, causal=True, return_weights=True)
     torch.testing.assert_close(fused, explicit)
     assert torch.all(weights[..., 0, 5] == 0) and torch.all(weights[..., 0, :5] > 0)
+
+
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_under_cpu_autocast_the_fused_kernel_runs_in_float32(with_padding):
+    # torch's CPU kernel is slow backwards in bfloat16: qkv runs it in float32 and casts back
+    q, k, v = (t.to(torch.bfloat16).requires_grad_() for t in qkv_tensors(t_q=24, t_k=24))
+    mask = None
+    if with_padding:
+        mask = key_padding_mask(torch.tensor([[True] * 24, [True] * 20 + [False] * 4]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scaled_dot_product_attention(q, k, v, mask, causal=True)
+    reference_inputs = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    full_mask = causal_mask(24) if mask is None else mask & causal_mask(24)
+    reference = F.scaled_dot_product_attention(*reference_inputs, attn_mask=full_mask)
+    assert out.dtype is torch.bfloat16
+    assert torch.equal(out, reference.to(torch.bfloat16))
+    grad = torch.randn_like(reference)
+    out.backward(grad.to(torch.bfloat16))
+    reference.backward(grad.to(torch.bfloat16).float())
+    for mine, theirs in zip((q, k, v), reference_inputs, strict=True):
+        assert torch.equal(mine.grad, theirs.grad.to(torch.bfloat16))
 
 
 def test_causal_mask_keeps_the_diagonal():

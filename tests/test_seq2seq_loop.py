@@ -35,7 +35,7 @@ COMMON = [
     "model.d_ff=64", "model.max_len=14", "data.n_train=200", "data.n_val=12", "data.n_test=12",
     "data.synthetic_len=10", "train.warmup_steps=3", "train.lr_scale=0.5", "train.log_interval=1",
     "train.eval_interval=3", "train.eval_examples=6", "train.average_every=2",
-    "train.average_last=2", "train.device=cpu",
+    "train.average_last=2", "train.device=cpu", "train.precision=float32",
     # no biases: the key projection's bias gets a gradient that is zero but for rounding
     # (softmax ignores a constant per query), and Adam scales that noise up to full steps
     "model.bias=false",
@@ -164,8 +164,7 @@ def tiny_trainer(tmp_path: Path, *extra: str, **kwargs) -> Trainer:
 
 def test_float16_training_uses_the_gradient_scaler(tmp_path, monkeypatch):
     # CPU autocast can run float16 too, which exercises the scaler path without a GPU
-    monkeypatch.setattr(qkv.runtime, "amp_dtype", lambda device: torch.float16)
-    trainer = tiny_trainer(tmp_path)
+    trainer = tiny_trainer(tmp_path, "train.precision=float16")
     assert trainer.scaler.is_enabled()
     losses_seen = [trainer.train_step().item() for _ in range(12)]
     assert all(map(torch.isfinite, torch.tensor(losses_seen)))

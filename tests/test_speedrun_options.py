@@ -332,6 +332,7 @@ def test_every_speedrun_experiment_is_a_valid_config_and_nanogpt_is_rebuilt_fait
     assert (nano.train.optimizer, nano.train.lr, nano.train.min_lr) == ("adamw", 1e-3, 1e-4)
     assert nano.model.positional == "learned" and nano.model.bias is False
     assert nano.train.schedule == "cosine"
+    assert nano.train.precision == "float32"  # nanoGPT autocasts on CUDA only
 
 
 def test_only_the_clock_ends_a_speedrun_run():

@@ -106,8 +106,8 @@ MUTANTS = (
     ),
     Mutant(
         "fused-mask", "masks reach the fused kernel (padding hidden)", ATTENTION,
-        "F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)",
-        "F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)",
+        "_fused_kernel(q, k, v, attn_mask=mask, dropout_p=dropout_p)",
+        "_fused_kernel(q, k, v, dropout_p=dropout_p)",
         (ATT + "test_fused_path_equals_explicit_path",),
     ),
     Mutant(

@@ -1,7 +1,8 @@
 """Where and how the code runs: the device, mixed precision, and stop signals.
 
-Every verb that runs a model asks `resolve_device`; the trainer uses `autocast` (bfloat16 on
-CUDA, float16 with a gradient scaler on cards without it, float32 elsewhere) and
+Every verb that runs a model asks `resolve_device`; the trainer uses `autocast` (with
+`train.precision=auto`: bfloat16 on CUDA, float16 with a gradient scaler on cards without it,
+bfloat16 on CPUs with AMX tiles, float32 elsewhere) and
 `stop_signals_deferred` (Ctrl-C and SIGTERM end a run between two steps, never inside one).
 """
 
@@ -29,18 +30,43 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA: bfloat16 where the card has it, else float16 (which needs a
-    gradient scaler: its narrow exponent range underflows small gradients). None elsewhere:
-    CPUs and MPS train in float32."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+PRECISION_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def autocast(device: torch.device) -> AbstractContextManager:
+def cpu_has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU multiplies bfloat16 matrices in AMX tiles (Intel Sapphire Rapids and
+    later; Linux reports the `amx_bf16` flag). Measured on a 2-core Xeon with AMX, torch 2.13:
+    an (8192, 384) x (384, 1152) matmul runs at 643 GFLOP/s in bfloat16 against 132 in float32.
+    Elsewhere (no such file, or no flag) False."""
+    try:
+        with open(cpuinfo) as info:
+            return any(line.startswith("flags") and " amx_bf16" in line for line in info)
+    except OSError:
+        return False
+
+
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a training run's forward pass, or None for plain float32.
+
+    `precision` is train.precision: float32, bfloat16 or float16 as named, or auto: on CUDA
+    bfloat16 where the card has it, else float16 (which needs a gradient scaler: its narrow
+    exponent range underflows small gradients); on a CPU with AMX tiles bfloat16 (measured on a
+    2-core Xeon: the default model's 75-second run took 2,535 steps to float32's 1,671, val
+    loss 1.5241 against 1.5578); float32 on other CPUs (a 2-core AVX-512 EPYC without AMX
+    trained slower in bfloat16, 26,773 against 29,302 tokens/s) and on MPS. accelerator: auto
+    on CUDA, float32 on every CPU (qkv's rule before train.precision existed)."""
+    if precision in PRECISION_DTYPES:
+        return PRECISION_DTYPES[precision]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto" and device.type == "cpu" and cpu_has_amx():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str = "auto") -> AbstractContextManager:
     """The forward pass's autocast context: `amp_dtype`, or plain float32."""
-    dtype = amp_dtype(device)
+    dtype = amp_dtype(device, precision)
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 

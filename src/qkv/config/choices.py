@@ -13,6 +13,9 @@ NORM_PLACEMENTS = ("pre", "post")  # where the norm sits around each sub-layer
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONAL_KINDS = ("learned", "sinusoidal", "rotary", "none")  # none: order-blind (a lesson)
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# the training forward pass's autocast; accelerator: auto on GPUs, float32 on every CPU (what
+# qkv did before train.precision, so runs saved then resume as they ran)
+PRECISIONS = ("auto", "float32", "bfloat16", "float16", "accelerator")
 SCHEDULES = ("cosine", "trapezoid")  # the GPT's learning rate after warm-up
 OPTIMIZERS = ("adamw", "adam", "muon")  # muon: the blocks' matrices, AdamW/Adam beside it
 TOKENIZER_KINDS = ("char", "bpe")  # or a directory with a pretrained tokenizer (GPT runs)

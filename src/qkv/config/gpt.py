@@ -168,7 +168,7 @@ class RunConfig(ConfigTree):
     """Everything a GPT training run needs; saved as config.json beside the weights."""
 
     KIND: ClassVar[str] = "gpt"
-    BEFORE_THE_FIELD: ClassVar[dict] = {"train": {"optimizer": "adamw"}}
+    BEFORE_THE_FIELD: ClassVar[dict] = {"train": {"optimizer": "adamw", "precision": "accelerator"}}
 
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -151,6 +151,7 @@ class Seq2SeqRunConfig(ConfigTree):
     """model + data + train for the encoder-decoder; saved with `"kind": "seq2seq"`."""
 
     KIND: ClassVar[str] = SEQ2SEQ_KIND
+    BEFORE_THE_FIELD: ClassVar[dict] = {"train": {"precision": "accelerator"}}
 
     model: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     data: Seq2SeqDataConfig = field(default_factory=Seq2SeqDataConfig)

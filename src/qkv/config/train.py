@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from qkv.config.choices import (
     DEVICES,
     OPTIMIZERS,
+    PRECISIONS,
     check_choice,
     check_fraction,
     check_not_negative,
@@ -40,6 +41,9 @@ class LoopConfig:
     eval_interval: int = 250
     log_interval: int = 10
     device: str = "auto"
+    precision: str = (
+        "auto"  # autocast: auto (bf16 on GPUs, AMX CPUs) | float32 | bfloat16 | float16
+    )
     seed: int = 1337
     compile: bool = False  # torch.compile the model for the training steps
     skip_nonfinite: bool = False  # skip a NaN/inf batch instead of stopping (a sync per step)
@@ -57,4 +61,5 @@ class LoopConfig:
         check_fraction(self, "beta2")
         check_fraction(self, "muon_momentum")
         check_choice(self, "device", DEVICES)
+        check_choice(self, "precision", PRECISIONS)
         check_choice(self, "optimizer", OPTIMIZERS)

@@ -78,7 +78,7 @@ def scaled_dot_product_attention(
         causal = False  # one query at the last position (cached decoding) sees every key
     if not return_weights and causal and mask is None and q.size(-2) == k.size(-2):
         # the plain square causal case: the fused kernel skips the masked half by itself
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return _fused_kernel(q, k, v, dropout_p=dropout_p, is_causal=True)
     mask = _combine_masks(mask, causal, q.size(-2), k.size(-2), q.device)
     if return_weights:
         return _explicit_attention(q, k, v, mask, dropout_p)
@@ -110,10 +110,25 @@ def _explicit_attention(
     return weights @ v, weights  # (..., T_q, D_v), (..., T_q, T_k)
 
 
+def _fused_kernel(q: Tensor, k: Tensor, v: Tensor, **options) -> Tensor:
+    """torch's fused kernel; under CPU autocast, in float32 and cast back to the input's dtype.
+
+    Measured on a 2-core AMX Xeon, torch 2.13 (3 layers, width 192, batch 16 x 96): the CPU
+    kernel's bfloat16 backward took 19.6 ms a call against 2.3 ms in float32, and the training
+    step 83 ms against 41 ms once attention ran in float32 while the linear layers stayed
+    bfloat16. Autocast would cast the inputs back down, so it is off for this one call.
+    """
+    if q.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return F.scaled_dot_product_attention(q, k, v, **options)
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **options)
+    return out.to(q.dtype)
+
+
 def _fused_attention(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
 ) -> Tensor:
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    out = _fused_kernel(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     if mask is not None:
         out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     return out

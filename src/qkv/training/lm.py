@@ -165,7 +165,7 @@ class LanguageModelRecipe(Recipe):
             total = 0.0
             for _ in range(self.config.train.eval_iters):
                 x, y = sampler.next_batch()
-                with autocast(self.device):
+                with autocast(self.device, self.config.train.precision):
                     _, loss = model(x, y)
                 total += loss.item()
             mean = total / self.config.train.eval_iters

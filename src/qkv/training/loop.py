@@ -8,9 +8,10 @@ One optimizer step:
     clip the gradient norm to grad_clip;   optimizer step;   zero the gradients
 
 Speed habits (nanoGPT's): on CUDA, bfloat16 autocast (float16 with a gradient scaler on cards
-without bf16) and TF32 matmuls; fused optimizers; `train.compile` (`--compile`) runs the
-training steps through torch.compile while checkpoints come from the plain module; the loss
-is read back (a host-device sync) only at log points.
+without bf16) and TF32 matmuls; bfloat16 autocast on CPUs with AMX (`train.precision`); fused
+optimizers; `train.compile` (`--compile`) runs the training steps through torch.compile while
+checkpoints come from the plain module; the loss is read back (a host-device sync) only at log
+points.
 
 On several processes (`torchrun ... -m qkv train`, see distributed.py) the same loop runs on
 every rank: DDP averages the gradients on each step's last micro-batch (FSDP2 with
@@ -216,7 +217,10 @@ class Trainer:
             # in a job, gradients are averaged over the ranks once, on the last micro-step
             last = micro_step == cfg.grad_accum - 1
             share = count * self.world.size / step_targets
-            with distributed.gradient_sync(self.parallel, last), autocast(self.device):
+            with (
+                distributed.gradient_sync(self.parallel, last),
+                autocast(self.device, cfg.precision),
+            ):
                 loss = self.recipe.loss(self.forward, batch)
                 self.scaler.scale(loss * share).backward()  # scale() is 1 unless fp16
             total += loss.detach() * share  # the mean over the ranks is the job's mean

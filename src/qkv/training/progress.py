@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from qkv.runtime import amp_dtype
 from qkv.training import distributed
 
 
@@ -103,9 +104,11 @@ def _announce(trainer) -> None:
     if trainer.world.launched:
         sharded = ", sharded with FSDP" if trainer.config.train.fsdp else ""
         job = f", {trainer.world.size} processes{sharded}"
+    dtype = amp_dtype(trainer.device, trainer.config.train.precision)
+    precision = f"{dtype} autocast".removeprefix("torch.") if dtype else "float32"
     tqdm.write(
-        f"qkv: {trainer.recipe.describe(trainer.model)}, device {trainer.device.type}{job}, "
-        f"run dir {trainer.out_dir}"
+        f"qkv: {trainer.recipe.describe(trainer.model)}, device {trainer.device.type} "
+        f"({precision}){job}, run dir {trainer.out_dir}"
     )
 
 

@@ -71,7 +71,7 @@ class RunStart:
         # sharded in place by FSDP; self.model's plain names go into the checkpoints
         self.parallel = distributed.parallelize(self.model, self.world, train.fsdp)
         self.optimizer = self.recipe.make_optimizer(self.model, self.device)
-        fp16 = runtime.amp_dtype(self.device) == torch.float16
+        fp16 = runtime.amp_dtype(self.device, train.precision) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         allow_tf32(self.device)
         # compiled for the training steps only; self.model stays the plain module, so state
