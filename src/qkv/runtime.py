@@ -51,10 +51,11 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | No
     `precision` is train.precision: float32, bfloat16 or float16 as named, or auto: on CUDA
     bfloat16 where the card has it, else float16 (which needs a gradient scaler: its narrow
     exponent range underflows small gradients); on a CPU with AMX tiles bfloat16 (measured on a
-    2-core Xeon: the default model's 75-second run took 2,535 steps to float32's 1,671, val
-    loss 1.5241 against 1.5578); float32 on other CPUs (a 2-core AVX-512 EPYC without AMX
-    trained slower in bfloat16, 26,773 against 29,302 tokens/s) and on MPS. accelerator: auto
-    on CUDA, float32 on every CPU (qkv's rule before train.precision existed)."""
+    2-core Xeon over 5 seeds: the default model's 75-second run made 2,139-2,507 steps to
+    float32's 1,606-2,069, val loss 1.5347 against 1.5529); float32 on other CPUs (a 2-core
+    AVX-512 EPYC without AMX trained slower in bfloat16, 26,773 against 29,302 tokens/s) and
+    on MPS. accelerator: auto on CUDA, float32 on every CPU (qkv's rule before
+    train.precision existed)."""
     if precision in PRECISION_DTYPES:
         return PRECISION_DTYPES[precision]
     if device.type == "cuda":
