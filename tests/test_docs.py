@@ -1,7 +1,8 @@
 """The tests that the docs name as proof exist, under those names.
 
 docs/failures.md names the test behind every one-line error and docs/testing.md the tests
-that catch each planted bug; a renamed or moved test must take its docs along.
+that catch each planted bug; a renamed or moved test must take its docs along. And every
+module stays at most 350 lines, as the standard asks.
 """
 
 from __future__ import annotations
@@ -36,3 +37,16 @@ def test_every_test_a_doc_names_exists_in_its_file(doc):
         if not re.search(rf"^def {name}\(", TESTS.get(file, ""), re.M)
     ]
     assert missing == []
+
+
+MAX_MODULE_LINES = 350  # the standard: small modules, read in one sitting
+
+
+def test_every_module_and_test_file_is_at_most_350_lines():
+    files = [*ROOT.glob("src/qkv/**/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("benchmarks/*.py")]
+    too_long = {
+        str(path.relative_to(ROOT)): lines
+        for path in files
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert files and too_long == {}

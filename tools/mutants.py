@@ -149,13 +149,13 @@ MUTANTS = (
         "int8-7bit", "fbgemm's int8 weights keep to 7 bits (AVX2 sums pairs in 16 bits)",
         SRC + "decoding/int8_layers.py",
         "weight_range = (-64, 63)", "weight_range = (-128, 127)",
-        ("tests/test_quantize.py::test_fbgemms_sums_do_not_saturate_at_the_extremes",),
+        ("tests/test_int8_layers.py::test_fbgemms_sums_do_not_saturate_at_the_extremes",),
     ),
     Mutant(
         "int8-row-scale", "each int8 row is rescaled by its own s_n",
         SRC + "decoding/int8_layers.py",
         "return torch.addcmul(bias, y, scale)", "return torch.addcmul(bias, y, scale.mean())",
-        ("tests/test_quantize.py::test_int8_linear_is_its_equation",),
+        ("tests/test_int8_layers.py::test_int8_linear_is_its_equation",),
     ),
     Mutant(
         "layout-tie", "a tied head laid out for decoding shares its W^T with the embedding",

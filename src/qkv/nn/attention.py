@@ -25,6 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.nn.kv_cache import KVCache, reorder_cache
+
+__all__ = [
+    "CrossAttention",
+    "KVCache",
+    "MultiHeadAttention",
+    "causal_mask",
+    "key_padding_mask",
+    "reorder_cache",
+    "scaled_dot_product_attention",
+]
+
 
 def causal_mask(t_q: int, t_k: int | None = None, device: torch.device | None = None) -> Tensor:
     """The decoder's mask: key j is visible to query i iff j <= i.
@@ -132,36 +144,6 @@ def _fused_attention(
     if mask is not None:
         out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     return out
-
-
-class KVCache:
-    """The keys and values one attention layer has computed for the tokens so far.
-
-    Autoregressive decoding feeds one new token per step. Its query must see the keys and
-    values of every earlier token, which do not change (the model is causal), so they are
-    kept here and the new token's are appended: each step costs O(T) instead of O(T^2).
-    Storage is allocated once for `capacity` positions, (B, H_kv, capacity, D).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.length = 0
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store k, v (B, H_kv, T_new, D); return all keys and values so far (B, H_kv, T, D)."""
-        end = self.length + k.size(2)
-        if end > self.capacity:
-            raise ValueError(f"KV cache holds {self.capacity} positions, asked for {end}")
-        if self.k is None:
-            shape = (k.size(0), k.size(1), self.capacity, k.size(3))
-            self.k = k.new_empty(shape)
-            self.v = v.new_empty((*shape[:3], v.size(3)))
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class MultiHeadAttention(nn.Module):
@@ -298,17 +280,6 @@ class MultiHeadAttention(nn.Module):
     def _merge_heads(x: Tensor) -> Tensor:
         b, h, t, d = x.shape
         return x.transpose(1, 2).reshape(b, t, h * d)  # (B, T, C): Concat(head_1..head_H)
-
-
-def reorder_cache(cache: KVCache, order: Tensor) -> None:
-    """Keep row order[i] of the cached keys and values as row i (B, H_kv, T, D).
-
-    Beam search reorders its hypotheses at every step; each new hypothesis extends one of the
-    old ones, whose keys and values it inherits.
-    """
-    if cache.k is not None:
-        cache.k = cache.k.index_select(0, order)
-        cache.v = cache.v.index_select(0, order)
 
 
 class CrossAttention(MultiHeadAttention):
