@@ -92,6 +92,8 @@ EXPERIMENTS: dict[str, list[str]] = {
     # twelfth sweep: the forward pass in float32 against auto (bfloat16 autocast on AMX CPUs)
     "float32": ["train.precision=float32"],
     "bfloat16": ["train.precision=bfloat16"],
+    # thirteenth sweep: what bfloat16's cheaper matmuls buy (AMX CPUs); lr4.5e-3 is above
+    "batch32-lr4.5e-3": ["train.batch_size=32", "train.lr=4.5e-3"],
     # the first sweep's small winners together (benchmarks/LOG.md, second sweep)
     "zero-softcap-trapezoid": [
         "model.zero_init_proj=true", "model.logit_softcap=15", "train.schedule=trapezoid",
